@@ -1,0 +1,17 @@
+"""idmm: train Vision Transformers from scratch on small datasets (IDMM, Cao, Yu, Wu, ECCV 2022)."""
+
+from .api import evaluate_knn, load_run_config, make_config, pretrain
+from .config import Config, ConfigError
+from .data.sources import DataError
+
+__version__ = "0.1.0"
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataError",
+    "__version__",
+    "evaluate_knn",
+    "load_run_config",
+    "make_config",
+    "pretrain",
+]

@@ -1,0 +1,253 @@
+"""The Python API. The CLI is a thin layer over these functions, with the same key names:
+
+    idmm.pretrain(data="fashion-mnist", subset_per_class=204, out="runs/fm", epochs=50)
+    idmm.evaluate_knn("runs/fm")
+
+Keyword arguments are config keys; nested sections take a dict (`aug={"local_size": 16}`) or a
+dotted key passed through `**{"aug.local_size": 16}`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import models
+from .config import Config, ConfigError, build_config, from_dict, load_yaml, save_yaml, set_key
+from .data.augment import MultiCrop
+from .data.cache import CachedData, build_cache
+from .data.sources import DataError, open_source, subset_per_class
+from .engine.checkpoint import update_results
+from .engine.distributed import Runtime, setup
+from .engine.log import append_metrics, setup_logging, use_bar
+from .engine.trainer import Trainer
+from .eval.features import extract_features
+from .eval.knn import headline_k, knn_top1
+from .methods import get_method
+
+
+def make_config(config: Config | str | Path | None = None, **overrides: Any) -> Config:
+    """A Config from an object, a YAML recipe path or defaults, then keyword overrides."""
+    if isinstance(config, Config):
+        cfg = config
+        for k, v in overrides.items():
+            set_key(cfg, k, v)
+        return cfg
+    return build_config(config, overrides)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def load_train_data(cfg: Config, progress: bool = False) -> CachedData:
+    src = open_source(cfg.data.source, "train", cfg.data.root)
+    if src is None:
+        raise DataError(f"{cfg.data.source} has no training split")
+    if cfg.data.subset_per_class:
+        src = subset_per_class(src, cfg.data.subset_per_class, cfg.data.subset_seed)
+    return build_cache(src, cfg.data.cache_size or cfg.img_size, cfg.data.skip_bad, progress)
+
+
+def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
+    """The dataset's own test split, or, when it has none, a seeded stratified 20% of `train`.
+
+    Returns (train, test, split name); with a hold-out, `train` loses the held-out images.
+    """
+    src = open_source(cfg.data.source, "test", cfg.data.root)
+    if src is not None:
+        return train, build_cache(src, train.size, cfg.data.skip_bad, progress), "test"
+    if train.labels is None:
+        raise DataError(f"{cfg.data.source} has no labels, so it cannot be evaluated")
+    rng = np.random.default_rng(cfg.seed)
+    hold = []
+    for c in range(len(train.classes)):
+        idx = np.flatnonzero(train.labels.numpy() == c)
+        hold += list(rng.permutation(idx)[: max(1, len(idx) // 5)])
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    mask[torch.tensor(sorted(hold))] = True
+    return _select(train, ~mask), _select(train, mask), "holdout"
+
+
+def _select(d: CachedData, mask: torch.Tensor) -> CachedData:
+    kept = [k for k, m in zip(d.kept, mask.tolist()) if m]
+    return CachedData(
+        d.images[mask].contiguous(), d.labels[mask], d.classes, d.size, d.source_name, kept
+    )
+
+
+def data_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    sample = images[:: max(1, images.shape[0] // 10000)].float() / 255
+    mean = sample.mean((0, 2, 3))
+    std = sample.std((0, 2, 3)).clamp(min=1e-3)
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
+
+
+# -- runs ----------------------------------------------------------------------------------------
+def resolve(cfg: Config, rt: Runtime, data: CachedData | None) -> None:
+    """Fill every "auto"/None setting with its value, so config.yaml says what really ran."""
+    cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
+    if cfg.aug.local_size is None:
+        cfg.aug.local_size = cfg.img_size
+    if cfg.lr is None:
+        cfg.lr = cfg.base_lr * cfg.batch_size * rt.world_size / 256
+    cfg.precision, cfg.device = rt.precision, str(rt.device)
+    if data is not None and cfg.data.mean is None:
+        cfg.data.mean, cfg.data.std = data_stats(data.images)
+    elif cfg.data.mean is None:
+        cfg.data.mean, cfg.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
+    run_dir = Path(cfg.out)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.exists() and not cfg.resume:
+        if not cfg.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run; pass resume=true to continue it, overwrite=true "
+                "to start it again, or choose another out="
+            )
+        if rt.is_main:
+            for name in ("checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors"):
+                p = run_dir / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return run_dir
+
+
+def build_backbone(cfg: Config) -> torch.nn.Module:
+    dynamic = cfg.aug.local_crops > 0 and cfg.aug.local_size not in (None, cfg.img_size)
+    return models.create_backbone(cfg.model, cfg.img_size, cfg.drop_path, dynamic)
+
+
+def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime, log):
+    """An epoch hook: kNN top-1 of the current features on up to 2,000 test images."""
+    _, test, split = load_test_data(cfg, train)
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]
+    test_images, test_labels = test.images[pick], test.labels[pick]
+    k = headline_k(cfg.knn_k)
+
+    def hook(epoch: int) -> dict:
+        if epoch % cfg.knn_every and epoch != cfg.epochs:
+            return {}
+        args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
+        tr = extract_features(backbone, train.images, *args)
+        te = extract_features(backbone, test_images, *args)
+        acc = knn_top1(tr, train.labels, te, test_labels, (k,), cfg.knn_temperature)[k]
+        return {f"knn_top1_{split}": acc}
+
+    return hook
+
+
+def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dict:
+    """Self-supervised pre-training (IDMM by default) into the run directory `out`."""
+    cfg = make_config(config, **overrides)
+    rt = setup(cfg.device, cfg.precision)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = prepare_run_dir(cfg, rt)
+    log = setup_logging(run_dir, rt.is_main)
+    cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
+    data = load_train_data(cfg, progress=rt.is_main and use_bar(cfg.progress))
+    resolve(cfg, rt, data)
+    method_cls = get_method(cfg.method)
+    if method_cls.needs_labels and data.labels is None:
+        raise DataError(f"method={cfg.method} needs labels; {cfg.data.source} has none")
+    backbone = build_backbone(cfg)
+    models.set_fused_attention(backbone, rt.device.type == "cuda")
+    views = MultiCrop(cfg.aug, cfg.img_size, cfg.aug.local_size, cfg.data.mean, cfg.data.std)
+    method = method_cls(cfg, backbone, len(data), len(data.classes), views)
+    hooks = []
+    if cfg.knn_every and data.labels is not None:
+        hooks.append(knn_monitor(cfg, backbone, data, rt, log))
+    if rt.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+    log.info(
+        f"pretrain {cfg.method} on {data.source_name}: {len(data)} images at {data.size}px, "
+        f"model {cfg.model} ({models.count_params(backbone) / 1e6:.2f}M params) "
+        f"at {cfg.img_size}px, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size} x {rt.world_size}, lr {cfg.lr:.2e}, "
+        f"{rt.device} {rt.precision}"
+    )
+    summary = Trainer(cfg, method, data, rt, run_dir, log, hooks).fit()
+    results = {}
+    if rt.is_main:
+        export_backbone(cfg, backbone, run_dir / "backbone.safetensors")
+        results = update_results(run_dir, "pretrain", summary)
+        log.info(
+            f"pre-training done in {summary['time_s']:.0f}s; backbone at "
+            f"{run_dir / 'backbone.safetensors'}"
+        )
+    return results
+
+
+def export_backbone(cfg: Config, backbone, path: Path) -> None:
+    arch, kwargs = models.PRESETS.get(cfg.model, (cfg.model, {}))
+    meta = {
+        "model": cfg.model,
+        "timm_arch": arch,
+        "timm_kwargs": json.dumps(kwargs),
+        "img_size": str(cfg.img_size),
+        "mean": json.dumps(list(cfg.data.mean)),
+        "std": json.dumps(list(cfg.data.std)),
+        "method": cfg.method,
+    }
+    models.save_backbone(backbone, path, meta)
+
+
+def load_run_config(run: str | Path) -> tuple[Path, Config]:
+    run_dir = Path(run)
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{run_dir} is not an idmm run directory (no config.yaml); "
+            "pass checkpoint=RUN_DIR of a finished `idmm pretrain`"
+        )
+    return run_dir, from_dict(load_yaml(run_dir / "config.yaml"))
+
+
+def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
+    """Weighted cosine kNN of a pre-trained backbone; writes results.json['knn'] in its run dir."""
+    run_dir, cfg = load_run_config(checkpoint)
+    cfg.device, cfg.precision = "auto", "auto"  # where it runs now, not where it was trained
+    for k, v in overrides.items():
+        set_key(cfg, k, v)
+    rt = setup(cfg.device, cfg.precision)
+    log = setup_logging(run_dir, rt.is_main)
+    weights = run_dir / "backbone.safetensors"
+    if not weights.is_file():
+        raise ConfigError(
+            f"{weights} not found: the run has not finished pre-training "
+            "(resume it with `idmm pretrain out=... resume=true`)"
+        )
+    backbone = models.create_backbone(cfg.model, cfg.img_size).to(rt.device)
+    models.load_backbone_weights(backbone, weights)
+    train = load_train_data(cfg)
+    if train.labels is None:
+        raise DataError(f"{cfg.data.source} has no labels; kNN evaluation needs a labelled set")
+    train, test, split = load_test_data(cfg, train)
+    args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
+    tr = extract_features(backbone, train.images, *args)
+    te = extract_features(backbone, test.images, *args)
+    by_k = knn_top1(tr, train.labels, te, test.labels, cfg.knn_k, cfg.knn_temperature)
+    k = headline_k(cfg.knn_k)
+    result = {
+        "top1": by_k[k],
+        "k": k,
+        "top1_by_k": {str(kk): v for kk, v in by_k.items()},
+        "temperature": cfg.knn_temperature,
+        "data": cfg.data.source,
+        "train_images": len(train),
+        "test_images": len(test),
+        "test_split": split,
+    }
+    update_results(run_dir, "knn", result)
+    append_metrics(run_dir, {"eval": "knn", **result})
+    table = "  ".join(f"k={kk}: {v * 100:.2f}%" for kk, v in by_k.items())
+    log.info(
+        f"kNN top-1 on {cfg.data.source} {split} ({len(test)} images, {len(train)} "
+        f"neighbours pool): {table}"
+    )
+    return result

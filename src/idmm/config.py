@@ -1,0 +1,298 @@
+"""Typed configuration: nested dataclasses are the schema.
+
+A config is built from defaults, then an optional YAML recipe, then `key=value` overrides (CLI) or
+keyword arguments (Python API), in that order. Unknown keys and values of the wrong type raise a
+ConfigError that names the key and lists the valid ones, so a typo never silently trains the wrong
+thing. "auto" values are resolved later (see `resolve`) and the resolved config is what a run
+directory records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config, a recipe or a `key=value` override."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # a folder, a CSV of path,label, or a dataset name
+    root: str | None = None  # where a named dataset lives on disk
+    subset_per_class: int | None = None  # class-balanced subset (204 on FMNIST = FMNIST-2040)
+    subset_seed: int = 0
+    skip_bad: bool = False  # skip unreadable images with a warning instead of failing
+    cache_size: int | None = None  # decode resolution; None = the training image size
+    # Normalisation; None = the per-channel mean/std of the cached training images (recorded
+    # in the resolved config so evaluation and fine-tuning use the same numbers).
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+@dataclass
+class AugConfig:
+    global_crops: int = 2
+    local_crops: int = 4
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    local_size: int | None = None  # None = the global crop size (the official code's choice)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    # Blur sigma in pixels of a 112-px crop (the paper's resolution); scaled with the crop size so
+    # that a 28-px Fashion-MNIST crop is blurred as much, relatively, as a 112-px photo.
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    flip_p: float = 0.5
+
+
+@dataclass
+class IDMMConfig:
+    cutmix_alpha: float = 0.5
+    cutmix_p: float = 1.0  # the paper mixes every batch
+    label_smoothing: float = 0.1
+    head_lr_scale: float = 1.0  # lr multiplier of the N-way instance head
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    out: str = "runs/idmm"
+    method: str = "idmm"
+    model: str = "auto"  # any timm model name or a preset from idmm.models.PRESETS
+    img_size: int | None = None  # None = auto (28 for Fashion-MNIST, 112 otherwise)
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float | None = None  # None = base_lr * batch_size / 256
+    base_lr: float = 5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 1e-3
+    warmup_epochs: float = 2.0
+    clip_grad: float | None = None
+    drop_path: float = 0.1
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+    resume: bool = False  # continue out/checkpoints/last.ckpt exactly
+    overwrite: bool = False  # start afresh in an out= that already holds a run
+    knn_every: int = 0  # online kNN monitor every N epochs (0 = off); needs labels
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)
+    knn_temperature: float = 0.07
+    eval_batch_size: int = 512
+    progress: str = "auto"  # auto (a bar on a terminal) | bar | log
+    aug: AugConfig = field(default_factory=AugConfig)
+    idmm: IDMMConfig = field(default_factory=IDMMConfig)
+
+
+CHOICES = {
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "progress": ("auto", "bar", "log"),
+}
+
+# Short names that users and scripts rely on (`data=...`, `subset_per_class=...`).
+ALIASES = {"data": "data.source", "subset_per_class": "data.subset_per_class"}
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_type(cls, f.name)
+        if sub is not None:
+            keys += all_keys(sub, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _dataclass_type(cls: type, name: str) -> type | None:
+    tp = typing.get_type_hints(cls)[name]
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def _unknown_key(key: str) -> ConfigError:
+    valid = all_keys() + list(ALIASES)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _parse_scalar(text: str) -> Any:
+    """YAML scalar parsing, plus floats like `1e-3` that YAML 1.1 (PyYAML) reads as strings."""
+    value = yaml.safe_load(text) if text.strip() else text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or a CLI string) to type `tp`, or raise naming the key."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if isinstance(value, str) and tp is not str:
+        value = _parse_scalar(value)
+        if tp is tuple or origin is tuple:
+            if isinstance(value, str):  # "0.1,2" -> [0.1, 2]
+                value = [_parse_scalar(v) for v in value.split(",")]
+            elif not isinstance(value, (list, tuple)):
+                value = [value]
+    try:
+        if origin is tuple:
+            seq = list(value) if isinstance(value, (list, tuple)) else None
+            if seq is None:
+                raise TypeError
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(key, v, args[0]) for v in seq)
+            if len(seq) != len(args):
+                raise ConfigError(f"config key '{key}' expects {len(args)} values, got {value!r}")
+            return tuple(_coerce(key, v, a) for v, a in zip(seq, args))
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"config key '{key}' expects {name}, got {value!r}") from None
+    raise ConfigError(f"config key '{key}' has an unsupported type {tp}")
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key (`aug.local_size`, or an alias such as `data`) with type checking."""
+    key = ALIASES.get(key, key)
+    obj: Any = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or part not in {
+            f.name for f in dataclasses.fields(obj)
+        }:
+            raise _unknown_key(key)
+        obj = getattr(obj, part)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+        raise _unknown_key(key)
+    tp = typing.get_type_hints(type(obj))[name]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"config key '{key}' is a section; set its fields, e.g. {key}.<field>=..."
+            )
+        for k, v in value.items():
+            set_key(cfg, f"{key}.{k}", v)
+        return
+    value = _coerce(key, value, tp)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(
+            f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}"
+        )
+    setattr(obj, name, value)
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"expected key=value, got {arg!r} (e.g. epochs=10 data=path/to/images)"
+            )
+        out[key.strip()] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return data
+
+
+def build_config(
+    recipe: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    cfg = Config()
+    if recipe is not None:
+        for k, v in load_yaml(recipe).items():
+            set_key(cfg, k, v)
+    for k, v in (overrides or {}).items():
+        set_key(cfg, k, v)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    checks = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("aug.global_crops", cfg.aug.global_crops >= 1, "at least 1"),
+        ("aug.local_crops", cfg.aug.local_crops >= 0, "0 or more"),
+        ("idmm.label_smoothing", 0 <= cfg.idmm.label_smoothing < 1, "in [0, 1)"),
+        ("idmm.cutmix_p", 0 <= cfg.idmm.cutmix_p <= 1, "in [0, 1]"),
+        ("warmup_epochs", cfg.warmup_epochs >= 0, "0 or more"),
+        ("drop_path", 0 <= cfg.drop_path < 1, "in [0, 1)"),
+    ]
+    for key, ok, need in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {need}")
+    for key in ("aug.global_scale", "aug.local_scale"):
+        lo, hi = getattr(cfg.aug, key.split(".")[1])
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"config key '{key}' must be (lo, hi) with 0 < lo <= hi <= 1")
+
+
+def to_dict(cfg: Config) -> dict:
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    for k, v in d.items():
+        set_key(cfg, k, v)
+    return cfg
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

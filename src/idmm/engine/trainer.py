@@ -1,0 +1,225 @@
+"""The training loop, shared by every method.
+
+Read it top to bottom: `fit` resumes if asked, then runs epochs; `train_epoch` shuffles, slices the
+in-memory uint8 cache, lets the method make its views and loss, and steps AdamW under a
+warm-up + cosine schedule. All randomness of an epoch is derived from (seed, epoch, rank), and a
+checkpoint is written atomically after every epoch, so a killed run that resumes from it replays
+exactly the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ..config import Config, to_dict
+from ..data.cache import CachedData
+from ..methods.base import Method
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Runtime, all_reduce_mean
+from .log import append_metrics, use_bar
+
+Hook = Callable[[int], dict]  # epoch (1-based, completed) -> metrics to add to that epoch's record
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `min_lr` (the correct formula)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_lr + (peak - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def epoch_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        method: Method,
+        data: CachedData,
+        rt: Runtime,
+        run_dir: Path,
+        log,
+        hooks: list[Hook] = (),
+    ):
+        self.cfg, self.method, self.data, self.rt = cfg, method, data, rt
+        self.run_dir, self.log, self.hooks = run_dir, log, list(hooks)
+        self.ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+        method.to(rt.device)
+        self.model = (
+            DDP(method, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+            if rt.distributed
+            else method
+        )
+        per_step = cfg.batch_size * rt.world_size
+        if per_step > len(data):
+            raise TrainingError(
+                f"batch_size={cfg.batch_size} x {rt.world_size} process(es) is larger than the "
+                f"{len(data)} training images; set batch_size<={len(data) // rt.world_size}"
+            )
+        self.steps_per_epoch = len(data) // per_step
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        groups = method.param_groups(cfg.lr, cfg.weight_decay)
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=rt.device.type == "cuda")
+        # Small caches live on the training device; augmentation then never leaves it.
+        big = data.images.numel() > 2**31
+        self.images = data.images if big else data.images.to(rt.device)
+        self.labels = None if data.labels is None else data.labels.to(rt.device)
+        self.epoch = 0
+        self.step = 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "method": self.method.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "num_images": len(self.data),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def save(self) -> None:
+        if self.rt.is_main:
+            save_checkpoint(self.state(), self.ckpt_path)
+
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path)
+        saved = ckpt["config"]
+        for key in ("model", "method", "img_size"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise TrainingError(
+                    f"cannot resume {self.ckpt_path}: it was trained with "
+                    f"{key}={saved.get(key)!r}, "
+                    f"this run asks for {key}={getattr(self.cfg, key)!r}; use the same {key} or "
+                    "another out="
+                )
+        if ckpt["num_images"] != len(self.data):
+            raise TrainingError(
+                f"cannot resume {self.ckpt_path}: it saw {ckpt['num_images']} training images, "
+                f"the data now has {len(self.data)}"
+            )
+        self.method.load_state_dict(ckpt["method"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.log.info(f"resumed {self.ckpt_path} at epoch {self.epoch} (step {self.step})")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume and self.ckpt_path.is_file():
+            self.resume()
+        start = time.perf_counter()
+        seen = 0
+        last = {}
+        while self.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            loss = self.train_epoch()
+            dt = time.perf_counter() - t0
+            seen += self.steps_per_epoch * cfg.batch_size * self.rt.world_size
+            self.epoch += 1
+            last = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "loss": loss,
+                "lr": self.opt.param_groups[0]["lr"],
+                "images_per_s": self.steps_per_epoch * cfg.batch_size * self.rt.world_size / dt,
+                "epoch_time_s": dt,
+            }
+            for hook in self.hooks:
+                last.update(hook(self.epoch))
+            self.save()  # only after a finite epoch: a NaN never overwrites the last good state
+            if self.rt.is_main:
+                append_metrics(self.run_dir, last)
+                extra = "".join(f" {k} {v:.4f}" for k, v in last.items() if k.startswith("knn"))
+                self.log.info(
+                    f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} lr {last['lr']:.2e} "
+                    f"{last['images_per_s']:.0f} img/s{extra}"
+                )
+        total = time.perf_counter() - start
+        return {
+            "epochs": cfg.epochs,
+            "final_loss": last.get("loss"),
+            "time_s": total,
+            "images_per_s": seen / total if seen else None,
+            "peak_memory_mb": peak_memory_mb(self.rt.device),
+        }
+
+    def train_epoch(self) -> float:
+        cfg, rt = self.cfg, self.rt
+        torch.manual_seed(epoch_seed(cfg.seed, self.epoch, rt.rank, 1))  # drop-path etc.
+        rng = np.random.default_rng(epoch_seed(cfg.seed, self.epoch, rt.rank, 2))
+        g = torch.Generator(device=rt.device).manual_seed(
+            epoch_seed(cfg.seed, self.epoch, rt.rank, 3)
+        )
+        # One permutation for all ranks, then each rank takes its own shard of it.
+        order = torch.randperm(
+            len(self.data),
+            generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, self.epoch)),
+        )
+        per_step = cfg.batch_size * rt.world_size
+        self.method.train()
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not (rt.is_main and use_bar(cfg.progress)),
+        )
+        total = 0.0
+        for i in bar:
+            idx = order[i * per_step : (i + 1) * per_step][rt.rank :: rt.world_size]
+            loss = self.train_step(idx, rng, g)
+            total += loss
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+        return all_reduce_mean(total / self.steps_per_epoch, rt)
+
+    def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g: torch.Generator) -> float:
+        cfg, rt = self.cfg, self.rt
+        lr = lr_at(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        dev_idx = idx.to(rt.device)
+        images = self.images[dev_idx if self.images.device == rt.device else idx].to(rt.device)
+        labels = None if self.labels is None else self.labels[dev_idx]
+        batch = self.method.prepare(images, dev_idx, labels, rng, g)
+        with rt.autocast():
+            loss, _ = self.model(batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"loss is {value} at epoch {self.epoch + 1}, step {self.step} (lr {lr:.2e}); "
+                f"the last good checkpoint is kept at {self.ckpt_path}. Lower lr, set clip_grad, "
+                "or use precision=fp32"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+        self.opt.step()
+        self.method.on_step_end((self.step + 1) / self.total_steps)
+        self.step += 1
+        return value

@@ -1,0 +1,20 @@
+"""Method registry: adding a method is one file and one line here."""
+
+from __future__ import annotations
+
+import difflib
+
+from .base import Method
+from .idmm import IDMM
+
+METHODS: dict[str, type[Method]] = {
+    "idmm": IDMM,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown method '{name}'.{hint} Available: {', '.join(METHODS)}")
+    return METHODS[name]

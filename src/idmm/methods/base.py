@@ -1,0 +1,54 @@
+"""What every pre-training method provides to the trainer.
+
+A method owns its heads (never the backbone's classifier), says how a batch becomes its inputs
+(`prepare`, run without gradients and outside autocast, so augmentation is full precision) and
+computes its loss (`forward`, run under autocast and, with several processes, inside DDP).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data.augment import MultiCrop
+
+
+class Method(nn.Module):
+    needs_labels = False
+
+    def __init__(
+        self, cfg: Config, backbone: nn.Module, num_images: int, num_classes: int, views: MultiCrop
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.views = views
+
+    def prepare(
+        self,
+        images: torch.Tensor,
+        indices: torch.Tensor,
+        labels: torch.Tensor | None,
+        rng: np.random.Generator,
+        g: torch.Generator,
+    ) -> Any:
+        raise NotImplementedError
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return [
+            {
+                "params": [p for p in self.parameters() if p.requires_grad],
+                "lr_scale": 1.0,
+                "weight_decay": weight_decay,
+            }
+        ]
+
+    def on_step_end(self, epoch_progress: float) -> None:
+        """Hook after each optimiser step (momentum teachers update here)."""

@@ -1,0 +1,67 @@
+"""IDMM: parametric instance discrimination with multi-crop, CutMix and label smoothing.
+
+Every training image is its own class: a plain Linear(embed_dim, N) head on the pooled feature,
+target = the image's index, cross-entropy. No projection head, normalisation, temperature, memory
+bank or momentum encoder (Cao, Yu, Wu, ECCV 2022, and its official code). CutMix and label
+smoothing matter because with N classes each head row otherwise gets a positive gradient about
+once per epoch; soft targets update many more rows per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.mixing import cutmix
+from ..losses import mixed_soft_ce
+from ..models import trunc_normal_linear
+from .base import Method
+
+
+@dataclass
+class Group:
+    x: torch.Tensor  # crops of one group (global or local), crop-major
+    target_a: torch.Tensor
+    target_b: torch.Tensor
+    lam: float
+
+
+class IDMM(Method):
+    def __init__(self, cfg, backbone, num_images, num_classes, views):
+        super().__init__(cfg, backbone, num_images, num_classes, views)
+        self.head = trunc_normal_linear(backbone.num_features, num_images)
+
+    @torch.no_grad()
+    def prepare(self, images, indices, labels, rng: np.random.Generator, g: torch.Generator):
+        c = self.cfg.idmm
+        groups = []
+        for x, spec in zip(self.views(images, g), self.views.groups):
+            target = indices.repeat(spec.count)
+            if c.cutmix_alpha > 0 and rng.random() < c.cutmix_p:
+                x, mix = cutmix(x, c.cutmix_alpha, rng, g)
+                groups.append(Group(x, target, target[mix.perm], mix.lam))
+            else:
+                groups.append(Group(x, target, target, 1.0))
+        return groups
+
+    def forward(self, groups: list[Group]):
+        # Each group is one forward pass (crops of one size); the group losses add, as in the
+        # official code (a sum, not a mean over crop counts).
+        loss = 0.0
+        for grp in groups:
+            logits = self.head(self.backbone(grp.x))
+            loss = loss + mixed_soft_ce(
+                logits, grp.target_a, grp.target_b, grp.lam, self.cfg.idmm.label_smoothing
+            )
+        return loss, {}
+
+    def param_groups(self, lr, weight_decay):
+        head = list(self.head.parameters())
+        head_ids = {id(p) for p in head}
+        rest = [p for p in self.parameters() if id(p) not in head_ids and p.requires_grad]
+        return [
+            {"params": rest, "lr_scale": 1.0, "weight_decay": weight_decay},
+            {"params": head, "lr_scale": self.cfg.idmm.head_lr_scale, "weight_decay": weight_decay},
+        ]

@@ -1,0 +1,56 @@
+import pytest
+
+from idmm.config import ConfigError, build_config, parse_overrides, set_key
+
+
+def test_documented_keys_work():
+    cfg = build_config(overrides=parse_overrides([
+        "data=some/folder", "out=runs/x", "method=idmm", "model=vit_cpu", "img_size=28",
+        "epochs=3", "batch_size=64", "lr=0.001", "seed=7", "subset_per_class=204", "resume=true",
+        "aug.local_size=16", "aug.global_scale=0.2,1", "idmm.label_smoothing=0", "clip_grad=none",
+        "base_lr=1e-3", "min_lr=5E-6",
+    ]))
+    assert cfg.data.source == "some/folder" and cfg.data.subset_per_class == 204
+    assert cfg.epochs == 3 and cfg.lr == 0.001 and cfg.resume is True and cfg.seed == 7
+    assert cfg.aug.global_scale == (0.2, 1.0) and cfg.aug.local_size == 16
+    assert cfg.idmm.label_smoothing == 0.0 and cfg.clip_grad is None
+    assert cfg.base_lr == 1e-3 and cfg.min_lr == 5e-6  # YAML 1.1 reads "1e-3" as a string
+
+
+def test_unknown_key_names_it_and_hints():
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'.*Did you mean 'epochs'"):
+        build_config(overrides={"epoch": "3"})
+    with pytest.raises(ConfigError, match="aug.local_sise.*aug.local_size"):
+        build_config(overrides={"aug.local_sise": "16"})
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("epochs", "ten", "'epochs' expects int"),
+    ("epochs", "1.5", "'epochs' expects int"),
+    ("lr", "fast", "'lr' expects float"),
+    ("resume", "maybe", "'resume' expects bool"),
+    ("precision", "fp8", "'precision' must be one of auto, fp32, bf16, fp16"),
+    ("aug.global_scale", "0.1,0.5,0.9", "expects 2 values"),
+    ("epochs", "0", "'epochs' must be at least 1"),
+    ("idmm.label_smoothing", "1.5", "'idmm.label_smoothing' must be in"),
+])
+def test_bad_values_are_rejected_with_the_key(key, value, msg):
+    with pytest.raises(ConfigError, match=msg):
+        build_config(overrides={key: value})
+
+
+def test_yaml_recipe_then_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 5\naug:\n  local_crops: 2\nidmm:\n  cutmix_alpha: 1.0\n")
+    cfg = build_config(recipe, {"epochs": "7"})
+    assert cfg.epochs == 7 and cfg.aug.local_crops == 2 and cfg.idmm.cutmix_alpha == 1.0
+    recipe.write_text("aug:\n  local_crop: 2\n")
+    with pytest.raises(ConfigError, match="aug.local_crop"):
+        build_config(recipe)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ConfigError, match="is a section"):
+        set_key(build_config(), "aug", 3)

@@ -1,0 +1,151 @@
+"""End-to-end pre-training on real Fashion-MNIST pixels: learning, resume, checkpoints, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import idmm
+from idmm.engine import checkpoint as ckpt_mod
+from idmm.engine.checkpoint import load_checkpoint
+from idmm.engine.trainer import TrainingError
+
+# A small FMNIST subset and the unit-test model: an epoch takes about a second.
+TINY = dict(data="fashion-mnist", subset_per_class=20, model="vit_test", batch_size=50,
+            epochs=4, warmup_epochs=1, threads=2, progress="log", base_lr=2e-3,
+            **{"aug.local_size": 16})
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / "backbone.safetensors"))
+
+
+def test_pretrain_learns_and_writes_the_run_dir(tmp_path):
+    run = tmp_path / "run"
+    idmm.pretrain(out=str(run), **dict(TINY, epochs=8, subset_per_class=30, batch_size=60))
+    for name in ("config.yaml", "metrics.jsonl", "train.log", "checkpoints/last.ckpt",
+                 "backbone.safetensors", "results.json"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records]
+    assert len(losses) == 8 and all("epoch" in r for r in records)
+    assert losses[-1] < losses[0] - 0.3, losses  # the instance loss falls
+    knn = idmm.evaluate_knn(run, **{"knn_k": "10,20"})
+    assert 0.45 < knn["top1"] <= 1.0  # chance is 0.10
+    results = json.loads((run / "results.json").read_text())
+    assert results["knn"]["k"] == 20 and results["pretrain"]["epochs"] == 8
+    # the export is weights only with timm names, loadable by timm itself
+    import timm
+
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=28, patch_size=4,
+                          embed_dim=48, depth=2, num_heads=2)
+    m.load_state_dict(_weights(run))
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    idmm.pretrain(out=str(full), **TINY)
+
+    from idmm.engine import trainer
+
+    real = trainer.Trainer.save
+
+    def crash_after_two(self):
+        if self.epoch == 3:  # dies during epoch 3, after epoch 2's checkpoint
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(trainer.Trainer, "save", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        idmm.pretrain(out=str(broken), **TINY)
+    monkeypatch.setattr(trainer.Trainer, "save", real)
+    assert load_checkpoint(broken / "checkpoints/last.ckpt")["epoch"] == 2
+    idmm.pretrain(out=str(broken), resume=True, **TINY)
+    a, b = _weights(full), _weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    args = [f"{k}={v}" for k, v in dict(TINY, epochs=6).items()]
+    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]))
+    cmd = [sys.executable, "-m", "idmm", "pretrain", *args]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([*cmd, f"out={full}"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([*cmd, f"out={killed}"], env=env, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(killed / "checkpoints/last.ckpt")["epoch"] < 6
+    subprocess.run([*cmd, f"out={killed}", "resume=true"], check=True, env=env,
+                   capture_output=True)
+    a, b = _weights(full), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    ckpt_mod.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes of a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
+    with pytest.raises(OSError):
+        ckpt_mod.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from idmm.methods.idmm import IDMM
+
+    real = IDMM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, groups):
+        calls["n"] += 1
+        loss, m = real(self, groups)
+        return (loss * float("nan"), m) if calls["n"] > 6 else (loss, m)
+
+    monkeypatch.setattr(IDMM, "forward", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2, step 6.*last good checkpoint"):
+        idmm.pretrain(out=str(run), **TINY)  # 4 steps per epoch: step 6 is in epoch 2
+    assert load_checkpoint(run / "checkpoints/last.ckpt")["epoch"] == 1
+
+
+def test_existing_run_is_not_overwritten_silently(tmp_path):
+    run = tmp_path / "run"
+    idmm.pretrain(out=str(run), **dict(TINY, epochs=1))
+    with pytest.raises(idmm.ConfigError, match="resume=true.*overwrite=true"):
+        idmm.pretrain(out=str(run), **dict(TINY, epochs=1))
+    with pytest.raises(TrainingError, match="model='vit_test'.*model='vit_cpu_small'"):
+        idmm.pretrain(out=str(run), resume=True, **dict(TINY, model="vit_cpu_small"))
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    from idmm.cli import main
+
+    assert main(["pretrain", "epoch=3", f"out={tmp_path}/r"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'epoch'" in err and "Traceback" not in err
+    assert main(["pretrain", f"data={tmp_path}/missing", f"out={tmp_path}/r"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["pretrain", "batch_size=5000", "subset_per_class=10", f"out={tmp_path}/r",
+                 "model=vit_test"]) == 2
+    assert "batch_size=5000" in capsys.readouterr().err
