@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from idmm.config import ConfigError, build_config, parse_overrides, set_key
@@ -54,3 +56,10 @@ def test_malformed_override():
         parse_overrides(["epochs"])
     with pytest.raises(ConfigError, match="is a section"):
         set_key(build_config(), "aug", 3)
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("configs/**/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(recipe):
+    cfg = build_config(recipe)
+    assert cfg.epochs >= 1 and cfg.data.source

@@ -124,7 +124,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(IDMM, "forward", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2, step 6.*last good checkpoint"):
+    match = r"loss is nan at epoch 2, step 6.*last good checkpoint"
+    with pytest.raises(TrainingError, match=match):
         idmm.pretrain(out=str(run), **TINY)  # 4 steps per epoch: step 6 is in epoch 2
     assert load_checkpoint(run / "checkpoints/last.ckpt")["epoch"] == 1
 
@@ -149,3 +150,42 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["pretrain", "batch_size=5000", "subset_per_class=10", f"out={tmp_path}/r",
                  "model=vit_test"]) == 2
     assert "batch_size=5000" in capsys.readouterr().err
+
+
+def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
+    from fixtures_data import make_class_folder
+
+    from idmm.cli import main
+
+    make_class_folder(tmp_path / "imgs", {"bag": 6, "shoe": 6})
+    (tmp_path / "imgs" / "bag" / "broken.jpg").write_bytes(b"this is text, not a JPEG")
+    args = ["pretrain", f"data={tmp_path / 'imgs'}", "model=vit_test", "img_size=28",
+            "epochs=1", "batch_size=4", "threads=2", "progress=log"]
+    assert main([*args, f"out={tmp_path}/r1"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "data.skip_bad=true" in err
+    assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
+    assert (tmp_path / "r2" / "backbone.safetensors").is_file()
+
+
+def test_imprinted_head_starts_as_each_images_feature(uint8_batch):
+    from idmm.api import build_backbone
+    from idmm.config import build_config
+    from idmm.data.augment import MultiCrop
+    from idmm.engine.distributed import Runtime
+    from idmm.eval.features import extract_features
+    from idmm.methods.idmm import IDMM
+
+    cfg = build_config(overrides={"model": "vit_test", "img_size": "28",
+                                  "idmm.head_init": "imprint", "data.mean": "0.3,0.3,0.3",
+                                  "data.std": "0.35,0.35,0.35"})
+    backbone = build_backbone(cfg)
+    views = MultiCrop(cfg.aug, 28, 28, cfg.data.mean, cfg.data.std)
+    method = IDMM(cfg, backbone, len(uint8_batch), 10, views)
+    method.on_train_start(uint8_batch)
+    feats = extract_features(backbone, uint8_batch, 28, cfg.data.mean, cfg.data.std,
+                             Runtime(0, 1, 0, torch.device("cpu"), "fp32"))
+    cos = torch.nn.functional.cosine_similarity(method.head.weight, feats, dim=1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-4)
+    logits = method.head(feats)
+    assert torch.equal(logits.argmax(1), torch.arange(len(uint8_batch)))  # each image is its class

@@ -154,6 +154,7 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
     method_cls = get_method(cfg.method)
     if method_cls.needs_labels and data.labels is None:
         raise DataError(f"method={cfg.method} needs labels; {cfg.data.source} has none")
+    torch.manual_seed(cfg.seed)  # the initial weights; DDP then broadcasts rank 0's
     backbone = build_backbone(cfg)
     models.set_fused_attention(backbone, rt.device.type == "cuda")
     views = MultiCrop(cfg.aug, cfg.img_size, cfg.aug.local_size, cfg.data.mean, cfg.data.std)

@@ -61,6 +61,10 @@ class IDMMConfig:
     cutmix_p: float = 1.0  # the paper mixes every batch
     label_smoothing: float = 0.1
     head_lr_scale: float = 1.0  # lr multiplier of the N-way instance head
+    # "random" (the paper: trunc-normal rows) or "imprint": row i starts as image i's own
+    # feature, scaled so logits start as cosine similarities / imprint_temperature.
+    head_init: str = "random"
+    imprint_temperature: float = 0.1
 
 
 @dataclass
@@ -97,6 +101,7 @@ class Config:
 CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "progress": ("auto", "bar", "log"),
+    "idmm.head_init": ("random", "imprint"),
 }
 
 # Short names that users and scripts rely on (`data=...`, `subset_per_class=...`).
@@ -189,7 +194,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set a dotted key (`aug.local_size`, or an alias such as `data`) with type checking."""
-    key = ALIASES.get(key, key)
+    if not isinstance(value, dict):  # `data: {source: ...}` in YAML is the section itself
+        key = ALIASES.get(key, key)
     obj: Any = cfg
     parts = key.split(".")
     for part in parts[:-1]:

@@ -133,6 +133,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume and self.ckpt_path.is_file():
             self.resume()
+        else:
+            torch.manual_seed(epoch_seed(cfg.seed, 0, 0))
+            self.method.on_train_start(self.images)
         start = time.perf_counter()
         seen = 0
         last = {}
@@ -189,12 +192,14 @@ class Trainer:
             leave=False,
             disable=not (rt.is_main and use_bar(cfg.progress)),
         )
-        total = 0.0
+        total, t0 = 0.0, time.perf_counter()
         for i in bar:
             idx = order[i * per_step : (i + 1) * per_step][rt.rank :: rt.world_size]
             loss = self.train_step(idx, rng, g)
             total += loss
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+            speed = (i + 1) * per_step / (time.perf_counter() - t0)
+            lr = self.opt.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.0f}")
         return all_reduce_mean(total / self.steps_per_epoch, rt)
 
     def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g: torch.Generator) -> float:

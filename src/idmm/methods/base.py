@@ -50,5 +50,8 @@ class Method(nn.Module):
             }
         ]
 
+    def on_train_start(self, images: torch.Tensor) -> None:
+        """Hook before the first step of a new (not resumed) run, with every cached image."""
+
     def on_step_end(self, epoch_progress: float) -> None:
         """Hook after each optimiser step (momentum teachers update here)."""

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..data.mixing import cutmix
+from ..engine.distributed import Runtime
+from ..eval.features import extract_features
 from ..losses import mixed_soft_ce
 from ..models import trunc_normal_linear
 from .base import Method
@@ -56,6 +58,29 @@ class IDMM(Method):
                 logits, grp.target_a, grp.target_b, grp.lam, self.cfg.idmm.label_smoothing
             )
         return loss, {}
+
+    @torch.no_grad()
+    def on_train_start(self, images):
+        if self.cfg.idmm.head_init != "imprint":
+            return
+        # A random head gives every image a random target code, so early training scatters
+        # similar images apart (kNN accuracy falls below that of the random backbone). Starting
+        # each row at its image's own feature makes the first gradients pull similar images
+        # together, as non-parametric instance discrimination does.
+        cfg = self.cfg
+        feats = extract_features(
+            self.backbone,
+            images,
+            cfg.img_size,
+            cfg.data.mean,
+            cfg.data.std,
+            Runtime(0, 1, 0, images.device, "fp32"),
+            cfg.eval_batch_size,
+        )
+        norm = feats.norm(dim=1, keepdim=True).clamp(min=1e-6)
+        scale = 1.0 / (cfg.idmm.imprint_temperature * norm.mean())
+        self.head.weight.copy_(feats / norm * scale)
+        self.head.bias.zero_()
 
     def param_groups(self, lr, weight_decay):
         head = list(self.head.parameters())
