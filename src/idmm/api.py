@@ -118,7 +118,16 @@ def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
 
 def build_backbone(cfg: Config) -> torch.nn.Module:
     dynamic = cfg.aug.local_crops > 0 and cfg.aug.local_size not in (None, cfg.img_size)
-    return models.create_backbone(cfg.model, cfg.img_size, cfg.drop_path, dynamic)
+    model = models.create_backbone(cfg.model, cfg.img_size, cfg.drop_path, dynamic)
+    ps = models.patch_size(model)
+    for key, size in (("img_size", cfg.img_size), ("aug.local_size", cfg.aug.local_size)):
+        if ps and size and size % ps:
+            # timm would silently drop the border pixels that do not fill a patch
+            raise ConfigError(
+                f"{key}={size} is not a multiple of {cfg.model}'s patch size {ps}; "
+                f"use {size - size % ps} or {size + ps - size % ps}"
+            )
+    return model
 
 
 def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime, log):

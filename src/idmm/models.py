@@ -7,6 +7,7 @@ fine-tune exactly like any other timm model.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -50,11 +51,11 @@ def create_backbone(
 ) -> nn.Module:
     """A timm model without classifier: `model(x)` is the pooled feature (`num_features` wide)."""
     arch, kwargs = PRESETS.get(name, (name, {}))
-    if arch not in timm.list_models() and name not in PRESETS:
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+    if name not in PRESETS and arch not in timm.list_models():
+        close = _close_model_names(name)
         raise ConfigError(
             f"unknown model '{name}': not a timm model nor an idmm preset "
-            f"({', '.join(PRESETS)}). Similar timm names: {', '.join(close) or 'none'}"
+            f"({', '.join(PRESETS)}). Close names: {', '.join(close) or 'none'}"
         )
     kwargs = dict(kwargs, num_classes=0, drop_path_rate=drop_path, img_size=img_size)
     if dynamic_img_size:
@@ -72,6 +73,14 @@ def create_backbone(
             return timm.create_model(arch, pretrained=False, **kwargs)
     except (TypeError, AssertionError, RuntimeError) as e:
         raise ConfigError(f"cannot build model '{name}' at img_size={img_size}: {e}") from e
+
+
+def _close_model_names(name: str, n: int = 5) -> list[str]:
+    """Model names whose beginning is close to `name` (so "deit_tinny" finds deit_tiny_*)."""
+    names = [*PRESETS, *timm.list_models()]
+    heads = {m[: len(name)] for m in names}
+    close = difflib.get_close_matches(name, heads, n=3, cutoff=0.7)
+    return [m for m in names if m[: len(name)] in close][:n]
 
 
 def set_fused_attention(model: nn.Module, enabled: bool) -> None:
