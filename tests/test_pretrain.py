@@ -75,6 +75,13 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
     idmm.pretrain(out=str(broken), resume=True, **TINY)
     a, b = _weights(full), _weights(broken)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the epoch-3 line written before the crash was dropped and recomputed, not duplicated
+    assert _metrics(broken) == _metrics(full)
+
+
+def _metrics(run: Path) -> list:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["epoch"], round(r["loss"], 6)) for r in records if "epoch" in r]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
@@ -97,6 +104,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
                    capture_output=True)
     a, b = _weights(full), _weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(killed) == _metrics(full)
 
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):

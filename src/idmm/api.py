@@ -184,11 +184,9 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
     results = {}
     if rt.is_main:
         export_backbone(cfg, backbone, run_dir / "backbone.safetensors")
-        results = update_results(run_dir, "pretrain", summary)
-        log.info(
-            f"pre-training done in {summary['time_s']:.0f}s; backbone at "
-            f"{run_dir / 'backbone.safetensors'}"
-        )
+        if summary:  # empty when a finished run was resumed
+            results = update_results(run_dir, "pretrain", summary)
+        log.info(f"pre-training done; backbone at {run_dir / 'backbone.safetensors'}")
     return results
 
 

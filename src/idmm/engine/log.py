@@ -36,3 +36,16 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 
 def use_bar(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+
+
+def drop_metrics_after(run_dir: Path, epoch: int) -> None:
+    """On resume: forget epoch records newer than the checkpoint (they will be recomputed)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("epoch", 0) <= epoch
+    ]
+    path.write_text("".join(line + "\n" for line in keep))

@@ -25,7 +25,7 @@ from ..data.cache import CachedData
 from ..methods.base import Method
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Runtime, all_reduce_mean
-from .log import append_metrics, use_bar
+from .log import append_metrics, drop_metrics_after, use_bar
 
 Hook = Callable[[int], dict]  # epoch (1-based, completed) -> metrics to add to that epoch's record
 
@@ -126,6 +126,8 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
+        if self.rt.is_main:
+            drop_metrics_after(self.run_dir, self.epoch)
         self.log.info(f"resumed {self.ckpt_path} at epoch {self.epoch} (step {self.step})")
 
     # -- the loop ----------------------------------------------------------------------------
@@ -155,15 +157,20 @@ class Trainer:
             }
             for hook in self.hooks:
                 last.update(hook(self.epoch))
-            self.save()  # only after a finite epoch: a NaN never overwrites the last good state
             if self.rt.is_main:
                 append_metrics(self.run_dir, last)
+            # Only after a finite epoch: a NaN never overwrites the last good state. A kill
+            # between the two lines leaves a metrics line that `resume` drops and recomputes.
+            self.save()
+            if self.rt.is_main:
                 extra = "".join(f" {k} {v:.4f}" for k, v in last.items() if k.startswith("knn"))
                 self.log.info(
                     f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} lr {last['lr']:.2e} "
                     f"{last['images_per_s']:.0f} img/s{extra}"
                 )
         total = time.perf_counter() - start
+        if not seen:
+            return {}  # resumed a finished run: nothing new to report
         return {
             "epochs": cfg.epochs,
             "final_loss": last.get("loss"),
