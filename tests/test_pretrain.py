@@ -179,6 +179,11 @@ def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
     assert "broken.jpg" in err and "data.skip_bad=true" in err
     assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
     assert (tmp_path / "r2" / "backbone.safetensors").is_file()
+    # no test split in the folder: kNN holds out a stratified fifth of the training images
+    assert main(["eval", "knn", f"checkpoint={tmp_path}/r2"]) == 0
+    knn = json.loads((tmp_path / "r2" / "results.json").read_text())["knn"]
+    assert knn["test_split"] == "holdout" and knn["test_images"] == 2
+    assert knn["train_images"] == 10 and 0 <= knn["top1"] <= 1
 
 
 def test_imprinted_head_starts_as_each_images_feature(uint8_batch):
@@ -202,3 +207,16 @@ def test_imprinted_head_starts_as_each_images_feature(uint8_batch):
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-4)
     logits = method.head(feats)
     assert torch.equal(logits.argmax(1), torch.arange(len(uint8_batch)))  # each image is its class
+
+
+def test_unlabelled_flat_folder_pretrains(tmp_path):
+    from fixtures_data import write_image
+
+    for k in range(8):
+        write_image(tmp_path / "flat" / f"photo {k}.png", k)  # spaces in names, no classes
+    idmm.pretrain(data=str(tmp_path / "flat"), out=str(tmp_path / "run"), model="vit_test",
+                  img_size=28, epochs=1, batch_size=4, threads=2, knn_every=1)
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 1 and "knn" not in records[0]  # no labels: no kNN monitor
+    with pytest.raises(idmm.DataError, match="no labels"):
+        idmm.evaluate_knn(tmp_path / "run")
