@@ -35,6 +35,9 @@ def test_unknown_key_names_it_and_hints():
     ("aug.global_scale", "0.1,0.5,0.9", "expects 2 values"),
     ("epochs", "0", "'epochs' must be at least 1"),
     ("idmm.label_smoothing", "1.5", "'idmm.label_smoothing' must be in"),
+    ("lr", "nan", "'lr' must be a finite number"),
+    ("threads", "0", "'threads' must be at least 1"),
+    ("lr", "-1e-3", "'lr' must be positive"),
 ])
 def test_bad_values_are_rejected_with_the_key(key, value, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -110,7 +110,14 @@ def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
                 "to start it again, or choose another out="
             )
         if rt.is_main:
-            for name in ("checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors"):
+            old = (
+                "checkpoints",
+                "metrics.jsonl",
+                "results.json",
+                "backbone.safetensors",
+                "train.log",
+            )
+            for name in old:
                 p = run_dir / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return run_dir
@@ -130,7 +137,7 @@ def build_backbone(cfg: Config) -> torch.nn.Module:
     return model
 
 
-def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime, log):
+def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime):
     """An epoch hook: kNN top-1 of the current features on up to 2,000 test images."""
     _, test, split = load_test_data(cfg, train)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]
@@ -170,7 +177,7 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
     method = method_cls(cfg, backbone, len(data), len(data.classes), views)
     hooks = []
     if cfg.knn_every and data.labels is not None:
-        hooks.append(knn_monitor(cfg, backbone, data, rt, log))
+        hooks.append(knn_monitor(cfg, backbone, data, rt))
     if rt.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     log.info(

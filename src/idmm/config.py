@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,6 +180,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError
+            if not math.isfinite(value):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
             return float(value)
         if tp is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -272,6 +275,12 @@ def validate(cfg: Config) -> None:
         ("idmm.cutmix_p", 0 <= cfg.idmm.cutmix_p <= 1, "in [0, 1]"),
         ("warmup_epochs", cfg.warmup_epochs >= 0, "0 or more"),
         ("drop_path", 0 <= cfg.drop_path < 1, "in [0, 1)"),
+        ("threads", cfg.threads is None or cfg.threads >= 1, "at least 1 (or none)"),
+        ("knn_every", cfg.knn_every >= 0, "0 (off) or more"),
+        ("eval_batch_size", cfg.eval_batch_size >= 1, "at least 1"),
+        ("lr", cfg.lr is None or cfg.lr > 0, "positive (or none for base_lr x batch / 256)"),
+        ("img_size", cfg.img_size is None or cfg.img_size >= 4, "at least 4 (or none)"),
+        ("idmm.imprint_temperature", cfg.idmm.imprint_temperature > 0, "positive"),
     ]
     for key, ok, need in checks:
         if not ok:

@@ -136,6 +136,8 @@ class Trainer:
         if cfg.resume and self.ckpt_path.is_file():
             self.resume()
         else:
+            if cfg.resume:
+                self.log.info(f"resume=true but no checkpoint at {self.ckpt_path}: starting anew")
             torch.manual_seed(epoch_seed(cfg.seed, 0, 0))
             self.method.on_train_start(self.images)
         start = time.perf_counter()
