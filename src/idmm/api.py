@@ -213,8 +213,10 @@ def export_backbone(cfg: Config, backbone, path: Path) -> None:
 
 def load_run_config(run: str | Path) -> tuple[Path, Config]:
     run_dir = Path(run)
-    if run_dir.is_file():
+    if run_dir.is_file():  # backbone.safetensors or checkpoints/last.ckpt of a run
         run_dir = run_dir.parent
+        if run_dir.name == "checkpoints":
+            run_dir = run_dir.parent
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(
             f"{run_dir} is not an idmm run directory (no config.yaml); "
@@ -230,6 +232,8 @@ def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
     for k, v in overrides.items():
         set_key(cfg, k, v)
     rt = setup(cfg.device, cfg.precision)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     log = setup_logging(run_dir, rt.is_main)
     weights = run_dir / "backbone.safetensors"
     if not weights.is_file():
