@@ -13,7 +13,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     run = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", "-m", "idmm", "pretrain", "data=fashion-mnist",
+           "--standalone", "-m", "idmm", "pretrain", "data=fashion-mnist",
            "subset_per_class=10", "model=vit_test", "epochs=2", "batch_size=20", "threads=1",
            f"out={run}", "progress=log"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
