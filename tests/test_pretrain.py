@@ -177,7 +177,8 @@ def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
     assert main([*args, f"out={tmp_path}/r1"]) == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "data.skip_bad=true" in err
-    assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
+    with pytest.warns(UserWarning, match=r"broken\.jpg.*\n.*skipping them"):
+        assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
     assert (tmp_path / "r2" / "backbone.safetensors").is_file()
     # no test split in the folder: kNN holds out a stratified fifth of the training images
     assert main(["eval", "knn", f"checkpoint={tmp_path}/r2"]) == 0
