@@ -181,7 +181,8 @@ def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
         assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
     assert (tmp_path / "r2" / "backbone.safetensors").is_file()
     # no test split in the folder: kNN holds out a stratified fifth of the training images
-    assert main(["eval", "knn", f"checkpoint={tmp_path}/r2"]) == 0
+    with pytest.warns(UserWarning, match=r"broken\.jpg"):  # the run's skip_bad applies too
+        assert main(["eval", "knn", f"checkpoint={tmp_path}/r2"]) == 0
     knn = json.loads((tmp_path / "r2" / "results.json").read_text())["knn"]
     assert knn["test_split"] == "holdout" and knn["test_images"] == 2
     assert knn["train_images"] == 10 and 0 <= knn["top1"] <= 1
