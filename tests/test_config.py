@@ -66,3 +66,12 @@ def test_malformed_override():
 def test_every_shipped_recipe_is_valid(recipe):
     cfg = build_config(recipe)
     assert cfg.epochs >= 1 and cfg.data.source
+
+
+def test_cli_lists_every_key_with_its_default(capsys):
+    from idmm.cli import main
+
+    assert main(["keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "epochs=100" in lines and "idmm.head_init=random" in lines
+    assert "aug.global_scale=[0.14, 1.0]" in lines

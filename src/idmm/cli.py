@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from . import __version__, api
-from .config import ConfigError, all_keys, parse_overrides
+from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
 from .engine.trainer import TrainingError
@@ -21,10 +21,12 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   data=PATH|fashion-mnist|flowers102|...   the training images (a folder, a CSV, a dataset name)
   data.root=DIR        where a named dataset lives;   subset_per_class=204  class-balanced subset
   out=runs/NAME        the run directory;             resume=true  continue it exactly
-  model=auto|vit_cpu|deit_tiny_patch16_224|<any timm model>    img_size=112
+  model=auto|vit_cpu_small|vit_cpu|deit_tiny_patch16_224|<any timm model>    img_size=112
   epochs=100 batch_size=256 lr=... (default base_lr*batch/256) seed=0 precision=auto|fp32|bf16
   aug.local_size=16    idmm.label_smoothing=0.1    idmm.cutmix_alpha=0.5    knn_every=5
-run `idmm keys` for every key.
+  idmm.head_init=random|imprint   (imprint: what makes short CPU runs learn)
+recipes: --config configs/cpu/fmnist2040.yaml (CPU, ~6 min), configs/paper/*.yaml (the paper's)
+run `idmm keys` for every key and its default.
 """
 
 
@@ -57,11 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _default(key: str):
+    value = to_dict(Config())
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "keys":
-            print("\n".join(all_keys()))
+            print("\n".join(f"{key}={_default(key)}" for key in all_keys()))
         elif args.command == "pretrain":
             settings = parse_overrides(args.settings)
             results = api.pretrain(args.config, **settings)
