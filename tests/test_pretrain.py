@@ -180,6 +180,7 @@ def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
     with pytest.warns(UserWarning, match=r"broken\.jpg.*\n.*skipping them"):
         assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
     assert (tmp_path / "r2" / "backbone.safetensors").is_file()
+    assert "skipped 1 unreadable images" in (tmp_path / "r2" / "train.log").read_text()
     # no test split in the folder: kNN holds out a stratified fifth of the training images
     with pytest.warns(UserWarning, match=r"broken\.jpg"):  # the run's skip_bad applies too
         assert main(["eval", "knn", f"checkpoint={tmp_path}/r2"]) == 0

@@ -10,6 +10,7 @@ dotted key passed through `**{"aug.local_size": 16}`.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from .data.cache import CachedData, build_cache
 from .data.sources import DataError, open_source, subset_per_class
 from .engine.checkpoint import update_results
 from .engine.distributed import Runtime, setup
-from .engine.log import append_metrics, setup_logging, use_bar
+from .engine.log import LOGGER, append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
 from .eval.knn import headline_k, knn_top1
@@ -48,7 +49,14 @@ def load_train_data(cfg: Config, progress: bool = False) -> CachedData:
         raise DataError(f"{cfg.data.source} has no training split")
     if cfg.data.subset_per_class:
         src = subset_per_class(src, cfg.data.subset_per_class, cfg.data.subset_seed)
-    return build_cache(src, cfg.data.cache_size or cfg.img_size, cfg.data.skip_bad, progress)
+    data = build_cache(src, cfg.data.cache_size or cfg.img_size, cfg.data.skip_bad, progress)
+    if len(data) < len(src):  # the warning lists them; train.log keeps the count
+        kept = set(data.kept)
+        skipped = [src.describe(i) for i in range(len(src)) if i not in kept]
+        logging.getLogger(LOGGER).warning(
+            f"skipped {len(skipped)} unreadable images (data.skip_bad=true): {skipped[:5]}"
+        )
+    return data
 
 
 def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
