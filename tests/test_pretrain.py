@@ -223,3 +223,13 @@ def test_unlabelled_flat_folder_pretrains(tmp_path):
     assert len(records) == 1 and "knn" not in records[0]  # no labels: no kNN monitor
     with pytest.raises(idmm.DataError, match="no labels"):
         idmm.evaluate_knn(tmp_path / "run")
+
+
+def test_knn_of_a_run_on_another_dataset(tmp_path):
+    from fixtures_data import make_class_folder
+
+    make_class_folder(tmp_path / "imgs", {"bag": 5, "shoe": 5})
+    run = tmp_path / "run"
+    idmm.pretrain(out=str(run), **dict(TINY, epochs=1))
+    knn = idmm.evaluate_knn(run, data=str(tmp_path / "imgs"))  # FMNIST-2040's subset not applied
+    assert knn["data"] == str(tmp_path / "imgs") and knn["train_images"] == 8

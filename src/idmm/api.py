@@ -237,6 +237,9 @@ def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
     """Weighted cosine kNN of a pre-trained backbone; writes results.json['knn'] in its run dir."""
     run_dir, cfg = load_run_config(checkpoint)
     cfg.device, cfg.precision = "auto", "auto"  # where it runs now, not where it was trained
+    if {"data", "data.source"} & set(overrides):
+        # another dataset: the run's subset and root belong to the run's data, not to this one
+        cfg.data.subset_per_class, cfg.data.root = None, None
     for k, v in overrides.items():
         set_key(cfg, k, v)
     rt = setup(cfg.device, cfg.precision)
