@@ -15,7 +15,7 @@ demo: setup
 	$(IDMM) eval knn checkpoint=$(RUN)
 
 test: setup
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/python -m pytest -q
 
 lint:

@@ -1,0 +1,125 @@
+"""IDMM pre-training step throughput: source images/s, crops/s, data vs model time, memory.
+
+    python bench/pretrain_step.py                 # both models, this machine's defaults
+    python bench/pretrain_step.py --steps 10 --json bench/results/pretrain_step.json
+
+Measures idmm's own step (batched augmentation + CutMix + forward/backward + AdamW) on random
+uint8 images at the cache resolution, after warm-up, as the median of several timed steps. The
+comparison with a conventional per-image DataLoader pipeline is bench/throughput.py's job
+(issue 6); this script is the number the README and docs/benchmarks.md quote for idmm alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from idmm.api import build_backbone
+from idmm.config import build_config
+from idmm.data.augment import MultiCrop
+from idmm.engine.distributed import setup
+from idmm.engine.trainer import peak_memory_mb
+from idmm.methods.idmm import IDMM
+from idmm.models import count_params, set_fused_attention
+
+CASES = {
+    "vit_cpu_small@28 (FMNIST recipe)": {
+        "model": "vit_cpu_small",
+        "img_size": "28",
+        "aug.local_size": "16",
+        "batch_size": "64",
+    },
+    "deit_tiny_patch16_224@112 (paper)": {
+        "model": "deit_tiny_patch16_224",
+        "img_size": "112",
+        "batch_size": "32",
+    },
+}
+
+
+def bench_case(overrides: dict, steps: int, n_images: int = 2040) -> dict:
+    cfg = build_config(
+        overrides={**overrides, "data.mean": "0.5,0.5,0.5", "data.std": "0.25,0.25,0.25"}
+    )
+    rt = setup("auto", "auto")
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg)
+    set_fused_attention(backbone, rt.device.type == "cuda")
+    views = MultiCrop(
+        cfg.aug, cfg.img_size, cfg.aug.local_size or cfg.img_size, cfg.data.mean, cfg.data.std
+    )
+    method = IDMM(cfg, backbone, n_images, 10, views).to(rt.device)
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-4, fused=rt.device.type == "cuda")
+    b = cfg.batch_size
+    images = torch.randint(
+        0, 256, (b, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=rt.device
+    )
+    idx = torch.arange(b, device=rt.device)
+    rng, g = np.random.default_rng(0), torch.Generator(device=rt.device).manual_seed(0)
+    data_t, model_t = [], []
+    for i in range(steps + 2):  # two warm-up steps
+        t0 = time.perf_counter()
+        batch = method.prepare(images, idx, None, rng, g)
+        _sync(rt.device)
+        t1 = time.perf_counter()
+        with rt.autocast():
+            loss, _ = method(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(rt.device)
+        if i >= 2:
+            data_t.append(t1 - t0)
+            model_t.append(time.perf_counter() - t1)
+    step = statistics.median(d + m for d, m in zip(data_t, model_t))
+    crops = cfg.aug.global_crops + cfg.aug.local_crops
+    return {
+        "model": cfg.model,
+        "img_size": cfg.img_size,
+        "local_size": cfg.aug.local_size,
+        "params_m": round(count_params(backbone) / 1e6, 2),
+        "batch": b,
+        "precision": rt.precision,
+        "device": str(rt.device),
+        "source_images_per_s": round(b / step, 1),
+        "crops_per_s": round(b * crops / step, 1),
+        "data_fraction": round(statistics.median(data_t) / step, 3),
+        "peak_memory_mb": round(peak_memory_mb(rt.device)),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per model (median)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = {name: bench_case(o, args.steps) for name, o in CASES.items()}
+    print(f"{'case':36} {'img/s':>8} {'crops/s':>8} {'data %':>7} {'peak MB':>8}  precision")
+    for name, r in rows.items():
+        print(
+            f"{name:36} {r['source_images_per_s']:8.1f} {r['crops_per_s']:8.1f} "
+            f"{100 * r['data_fraction']:6.1f}% {r['peak_memory_mb']:8d}  {r['precision']}"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"threads": torch.get_num_threads(), "cases": rows}, indent=2) + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
