@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idmm.api import build_backbone
+from idmm.api import build_method
 from idmm.config import build_config
-from idmm.data.augment import MultiCrop
 from idmm.engine.distributed import setup
 from idmm.engine.trainer import peak_memory_mb
-from idmm.methods.idmm import IDMM
-from idmm.models import count_params, set_fused_attention
+from idmm.models import count_params
 
 CASES = {
     "vit_cpu_small@28 (FMNIST recipe)": {
@@ -49,12 +47,7 @@ def bench_case(overrides: dict, steps: int, n_images: int = 2040) -> dict:
     )
     rt = setup("auto", "auto")
     torch.manual_seed(0)
-    backbone = build_backbone(cfg)
-    set_fused_attention(backbone, rt.device.type == "cuda")
-    views = MultiCrop(
-        cfg.aug, cfg.img_size, cfg.aug.local_size or cfg.img_size, cfg.data.mean, cfg.data.std
-    )
-    method = IDMM(cfg, backbone, n_images, 10, views).to(rt.device)
+    method = build_method(cfg, rt, n_images, 10).to(rt.device)
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4, fused=rt.device.type == "cuda")
     b = cfg.batch_size
     images = torch.randint(
@@ -83,7 +76,7 @@ def bench_case(overrides: dict, steps: int, n_images: int = 2040) -> dict:
         "model": cfg.model,
         "img_size": cfg.img_size,
         "local_size": cfg.aug.local_size,
-        "params_m": round(count_params(backbone) / 1e6, 2),
+        "params_m": round(count_params(method.backbone) / 1e6, 2),
         "batch": b,
         "precision": rt.precision,
         "device": str(rt.device),

@@ -29,7 +29,7 @@ from .engine.log import LOGGER, append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
 from .eval.knn import headline_k, knn_top1
-from .methods import get_method
+from .methods import Method, get_method
 
 
 def make_config(config: Config | str | Path | None = None, **overrides: Any) -> Config:
@@ -108,6 +108,10 @@ def resolve(cfg: Config, rt: Runtime, data: CachedData | None) -> None:
         cfg.data.mean, cfg.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+# What a pre-training run writes besides config.yaml; `overwrite=true` removes it first.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors", "train.log")
+
+
 def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
     run_dir = Path(cfg.out)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -118,14 +122,7 @@ def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
                 "to start it again, or choose another out="
             )
         if rt.is_main:
-            old = (
-                "checkpoints",
-                "metrics.jsonl",
-                "results.json",
-                "backbone.safetensors",
-                "train.log",
-            )
-            for name in old:
+            for name in RUN_OUTPUTS:
                 p = run_dir / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return run_dir
@@ -143,6 +140,15 @@ def build_backbone(cfg: Config) -> torch.nn.Module:
                 f"use {size - size % ps} or {size + ps - size % ps}"
             )
     return model
+
+
+def build_method(cfg: Config, rt: Runtime, num_images: int, num_classes: int) -> Method:
+    """The configured method around a fresh backbone, with its multi-crop views."""
+    backbone = build_backbone(cfg)
+    models.set_fused_attention(backbone, rt.device.type == "cuda")
+    local_size = cfg.aug.local_size or cfg.img_size
+    views = MultiCrop(cfg.aug, cfg.img_size, local_size, cfg.data.mean, cfg.data.std)
+    return get_method(cfg.method)(cfg, backbone, num_images, num_classes, views)
 
 
 def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime):
@@ -175,14 +181,11 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
     cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
     data = load_train_data(cfg, progress=rt.is_main and use_bar(cfg.progress))
     resolve(cfg, rt, data)
-    method_cls = get_method(cfg.method)
-    if method_cls.needs_labels and data.labels is None:
+    if get_method(cfg.method).needs_labels and data.labels is None:
         raise DataError(f"method={cfg.method} needs labels; {cfg.data.source} has none")
     torch.manual_seed(cfg.seed)  # the initial weights; DDP then broadcasts rank 0's
-    backbone = build_backbone(cfg)
-    models.set_fused_attention(backbone, rt.device.type == "cuda")
-    views = MultiCrop(cfg.aug, cfg.img_size, cfg.aug.local_size, cfg.data.mean, cfg.data.std)
-    method = method_cls(cfg, backbone, len(data), len(data.classes), views)
+    method = build_method(cfg, rt, len(data), len(data.classes))
+    backbone = method.backbone
     hooks = []
     if cfg.knn_every and data.labels is not None:
         hooks.append(knn_monitor(cfg, backbone, data, rt))

@@ -59,18 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default(key: str):
-    value = to_dict(Config())
-    for part in key.split("."):
-        value = value[part]
-    return value
+def _defaults() -> list[str]:
+    """`key=default` for every config key."""
+    defaults, lines = to_dict(Config()), []
+    for key in all_keys():
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        lines.append(f"{key}={value}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "keys":
-            print("\n".join(f"{key}={_default(key)}" for key in all_keys()))
+            print("\n".join(_defaults()))
         elif args.command == "pretrain":
             settings = parse_overrides(args.settings)
             results = api.pretrain(args.config, **settings)
