@@ -20,7 +20,6 @@ import torch
 
 from . import models
 from .config import Config, ConfigError, build_config, from_dict, load_yaml, save_yaml, set_key
-from .data.augment import MultiCrop
 from .data.cache import CachedData, build_cache
 from .data.sources import DataError, open_source, subset_per_class
 from .engine.checkpoint import update_results
@@ -29,6 +28,7 @@ from .engine.log import LOGGER, append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
 from .eval.knn import headline_k, knn_top1
+from .eval.linear import linear_probe
 from .methods import Method, get_method
 
 
@@ -62,8 +62,12 @@ def load_train_data(cfg: Config, progress: bool = False) -> CachedData:
 def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
     """The dataset's own test split, or, when it has none, a seeded stratified 20% of `train`.
 
-    Returns (train, test, split name); with a hold-out, `train` loses the held-out images.
+    A user-given `data.val` (folder or CSV with the same class names) replaces both. Returns
+    (train, test, split name); with a hold-out, `train` loses the held-out images.
     """
+    if cfg.data.val:
+        val = build_cache(open_source(cfg.data.val), train.size, cfg.data.skip_bad, progress)
+        return train, _relabel(val, train.classes, cfg.data.val), "val"
     src = open_source(cfg.data.source, "test", cfg.data.root)
     if src is not None:
         return train, build_cache(src, train.size, cfg.data.skip_bad, progress), "test"
@@ -77,6 +81,20 @@ def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
     mask = torch.zeros(len(train), dtype=torch.bool)
     mask[torch.tensor(sorted(hold))] = True
     return _select(train, ~mask), _select(train, mask), "holdout"
+
+
+def _relabel(d: CachedData, classes: list[str], where: str) -> CachedData:
+    """Express `d`'s labels in the training set's class indices (matched by name)."""
+    if d.labels is None:
+        raise DataError(f"data.val={where} has no labels; use a folder with class sub-folders")
+    unknown = sorted(set(d.classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"data.val={where} has classes the training data lacks: {unknown[:5]}; "
+            f"the training classes are {classes[:10]}"
+        )
+    lut = torch.tensor([classes.index(c) for c in d.classes])
+    return CachedData(d.images, lut[d.labels], classes, d.size, d.source_name, d.kept)
 
 
 def _select(d: CachedData, mask: torch.Tensor) -> CachedData:
@@ -109,7 +127,10 @@ def resolve(cfg: Config, rt: Runtime, data: CachedData | None) -> None:
 
 
 # What a pre-training run writes besides config.yaml; `overwrite=true` removes it first.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors", "train.log")
+RUN_OUTPUTS = (
+    "checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors", "train.log",
+    "model.safetensors", "plots", "stage2", "export",
+)  # fmt: skip
 
 
 def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
@@ -128,9 +149,9 @@ def prepare_run_dir(cfg: Config, rt: Runtime) -> Path:
     return run_dir
 
 
-def build_backbone(cfg: Config) -> torch.nn.Module:
+def build_backbone(cfg: Config, num_classes: int = 0) -> torch.nn.Module:
     dynamic = cfg.aug.local_crops > 0 and cfg.aug.local_size not in (None, cfg.img_size)
-    model = models.create_backbone(cfg.model, cfg.img_size, cfg.drop_path, dynamic)
+    model = models.create_backbone(cfg.model, cfg.img_size, cfg.drop_path, dynamic, num_classes)
     ps = models.patch_size(model)
     for key, size in (("img_size", cfg.img_size), ("aug.local_size", cfg.aug.local_size)):
         if ps and size and size % ps:
@@ -143,12 +164,11 @@ def build_backbone(cfg: Config) -> torch.nn.Module:
 
 
 def build_method(cfg: Config, rt: Runtime, num_images: int, num_classes: int) -> Method:
-    """The configured method around a fresh backbone, with its multi-crop views."""
-    backbone = build_backbone(cfg)
+    """The configured method around a fresh backbone, with its batched augmentation."""
+    cls = get_method(cfg.method)
+    backbone = build_backbone(cfg, num_classes if cls.classifier else 0)
     models.set_fused_attention(backbone, rt.device.type == "cuda")
-    local_size = cfg.aug.local_size or cfg.img_size
-    views = MultiCrop(cfg.aug, cfg.img_size, local_size, cfg.data.mean, cfg.data.std)
-    return get_method(cfg.method)(cfg, backbone, num_images, num_classes, views)
+    return cls(cfg, backbone, num_images, num_classes, cls.build_views(cfg))
 
 
 def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime):
@@ -208,7 +228,8 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
     return results
 
 
-def export_backbone(cfg: Config, backbone, path: Path) -> None:
+def export_backbone(cfg: Config, backbone, path: Path, **extra: str) -> None:
+    """Weights with timm names, and in the file's metadata how to rebuild and feed the model."""
     arch, kwargs = models.PRESETS.get(cfg.model, (cfg.model, {}))
     meta = {
         "model": cfg.model,
@@ -218,6 +239,7 @@ def export_backbone(cfg: Config, backbone, path: Path) -> None:
         "mean": json.dumps(list(cfg.data.mean)),
         "std": json.dumps(list(cfg.data.std)),
         "method": cfg.method,
+        **extra,
     }
     models.save_backbone(backbone, path, meta)
 
@@ -236,8 +258,11 @@ def load_run_config(run: str | Path) -> tuple[Path, Config]:
     return run_dir, from_dict(load_yaml(run_dir / "config.yaml"))
 
 
-def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
-    """Weighted cosine kNN of a pre-trained backbone; writes results.json['knn'] in its run dir."""
+def frozen_features(checkpoint: str | Path, overrides: dict[str, Any]):
+    """Features of a pre-trained backbone on the train and test images, computed once.
+
+    Returns (run_dir, cfg, log, features) with features = (train_f, train_y, test_f, test_y,
+    train, test, split)."""
     run_dir, cfg = load_run_config(checkpoint)
     cfg.device, cfg.precision = "auto", "auto"  # where it runs now, not where it was trained
     if {"data", "data.source"} & set(overrides):
@@ -259,12 +284,25 @@ def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
     models.load_backbone_weights(backbone, weights)
     train = load_train_data(cfg)
     if train.labels is None:
-        raise DataError(f"{cfg.data.source} has no labels; kNN evaluation needs a labelled set")
+        raise DataError(f"{cfg.data.source} has no labels; evaluation needs a labelled set")
     train, test, split = load_test_data(cfg, train)
     args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
     tr = extract_features(backbone, train.images, *args)
     te = extract_features(backbone, test.images, *args)
-    by_k = knn_top1(tr, train.labels, te, test.labels, cfg.knn_k, cfg.knn_temperature)
+    return run_dir, cfg, log, (tr, train.labels, te, test.labels, train, test, split)
+
+
+def _record(run_dir: Path, name: str, result: dict) -> None:
+    update_results(run_dir, name, result)
+    append_metrics(run_dir, {"eval": name, **result})
+
+
+def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
+    """Weighted cosine kNN of a pre-trained backbone; writes results.json['knn'] in its run dir."""
+    run_dir, cfg, log, (tr, tr_y, te, te_y, train, test, split) = frozen_features(
+        checkpoint, overrides
+    )
+    by_k = knn_top1(tr, tr_y, te, te_y, cfg.knn_k, cfg.knn_temperature)
     k = headline_k(cfg.knn_k)
     result = {
         "top1": by_k[k],
@@ -276,11 +314,32 @@ def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
         "test_images": len(test),
         "test_split": split,
     }
-    update_results(run_dir, "knn", result)
-    append_metrics(run_dir, {"eval": "knn", **result})
+    _record(run_dir, "knn", result)
     table = "  ".join(f"k={kk}: {v * 100:.2f}%" for kk, v in by_k.items())
     log.info(
         f"kNN top-1 on {cfg.data.source} {split} ({len(test)} images, {len(train)} "
         f"neighbours pool): {table}"
+    )
+    return result
+
+
+def evaluate_linear(checkpoint: str | Path, **overrides: Any) -> dict:
+    """Linear probe on frozen, cached features: the lr grid trains in one pass, the lr is chosen
+    on a held-out part of the training images; writes results.json['linear']."""
+    run_dir, cfg, log, (tr, tr_y, te, te_y, train, test, split) = frozen_features(
+        checkpoint, overrides
+    )
+    lc = cfg.linear
+    out = linear_probe(
+        tr, tr_y, te, te_y, len(train.classes), lrs=tuple(lc.lrs), epochs=lc.epochs,
+        val_fraction=lc.val_fraction, seed=cfg.seed,
+    )  # fmt: skip
+    out.pop("predictions", None)
+    result = {**out, "data": cfg.data.source, "test_split": split}
+    _record(run_dir, "linear", result)
+    grid = "  ".join(f"lr {lr}: {v * 100:.2f}%" for lr, v in out["val_top1_by_lr"].items())
+    log.info(
+        f"linear probe on {cfg.data.source}: held-out train accuracy {grid}; lr {out['best_lr']}"
+        f" -> {split} top-1 {out['top1'] * 100:.2f}% ({len(test)} images)"
     )
     return result

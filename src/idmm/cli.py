@@ -1,20 +1,25 @@
 """Command line: subcommands -> config -> the Python API, nothing else.
 
+idmm run data=fashion-mnist subset_per_class=204 out=runs/fm baseline=true
 idmm pretrain data=fashion-mnist subset_per_class=204 out=runs/fm epochs=50
-idmm eval knn checkpoint=runs/fm
+idmm finetune data=fashion-mnist subset_per_class=204 init=runs/fm out=runs/fm-ft epochs=50
+idmm eval knn|linear checkpoint=runs/fm
+idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos/
 torchrun --nproc_per_node=2 -m idmm pretrain ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from . import __version__, api
+from . import __version__, api, export, pipeline
 from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
 from .engine.trainer import TrainingError
+from .finetune import finetune
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
@@ -25,6 +30,9 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   epochs=100 batch_size=256 lr=... (default base_lr*batch/256) seed=0 precision=auto|fp32|bf16
   aug.local_size=16    idmm.label_smoothing=0.1    idmm.cutmix_alpha=0.5    knn_every=5
   idmm.head_init=random|imprint   (imprint: what makes short CPU runs learn)
+  init=RUN_DIR         fine-tune from a pre-training run (idmm finetune: epochs=, lr=, img_size=
+                       ... mean the finetune.* keys);  finetune.epochs=100 finetune.img_size=224
+  baseline=true        idmm run: also train from scratch for the same total epochs
 recipes: --config configs/cpu/fmnist2040.yaml (CPU, ~6 min), configs/paper/*.yaml (the paper's)
 run `idmm keys` for every key and its default.
 """
@@ -39,22 +47,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"idmm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser(
-        "pretrain",
-        help="self-supervised pre-training (IDMM by default)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
+    for name, text in (
+        ("pretrain", "self-supervised pre-training (IDMM by default)"),
+        ("finetune", "supervised fine-tuning from init=RUN_DIR; without init, from scratch"),
+        ("run", "pre-train, evaluate (kNN, linear), fine-tune, write report.md"),
+    ):
+        cmd = sub.add_parser(
+            name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
+        )
+        cmd.add_argument("--config", help="a YAML recipe (e.g. configs/cpu/fmnist2040.yaml)")
+        cmd.add_argument("settings", nargs="*", metavar="key=value")
+    ev = sub.add_parser("eval", help="evaluate a pre-trained backbone on frozen features")
+    ev.add_argument(
+        "protocol",
+        choices=["knn", "linear"],
+        help="knn: weighted cosine kNN (T=0.07); linear: linear probe, lr chosen on held-out data",
     )
-    pre.add_argument("--config", help="a YAML recipe (e.g. configs/cpu/fmnist.yaml)")
-    pre.add_argument("settings", nargs="*", metavar="key=value")
-    ev = sub.add_parser("eval", help="evaluate a pre-trained backbone")
-    ev.add_argument("protocol", choices=["knn"], help="knn: weighted cosine kNN (T=0.07)")
     ev.add_argument(
         "settings",
         nargs="*",
         metavar="key=value",
         help="checkpoint=RUN_DIR (required), optionally data=... and other keys",
     )
+    ex = sub.add_parser("export", help="write model.safetensors + model.json for timm")
+    ex.add_argument("settings", nargs="*", metavar="key=value", help="run=RUN_DIR [out=DIR]")
+    pr = sub.add_parser("predict", help="top-k classes of images with a fine-tuned model")
+    pr.add_argument("settings", nargs="+", metavar="checkpoint=RUN_DIR IMAGE_OR_FOLDER")
+    pr.add_argument("--top-k", type=int, default=5, help="classes to show per image")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_parser("keys", help="list every config key")
     return p
 
@@ -70,22 +90,62 @@ def _defaults() -> list[str]:
     return lines
 
 
+def _split(settings: list[str], required: str, usage: str) -> tuple[str, dict]:
+    kv = parse_overrides(settings)
+    if required not in kv:
+        raise ConfigError(f"missing {required}=...; usage: {usage}")
+    return kv.pop(required), kv
+
+
+def _predict(args) -> None:
+    pairs = [s for s in args.settings if "=" in s]
+    images = [s for s in args.settings if "=" not in s]
+    checkpoint, rest = _split(pairs, "checkpoint", "idmm predict checkpoint=RUN IMAGES...")
+    if rest:
+        raise ConfigError(f"idmm predict takes only checkpoint=...; got {', '.join(rest)}")
+    rows = export.predict(checkpoint, images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["path"]) for r in rows)
+    for r in rows:
+        preds = "  ".join(f"{p['class']} {p['prob'] * 100:.1f}%" for p in r["predictions"])
+        print(f"{r['path']:<{width}}  {preds}")
+
+
+def _command(args) -> None:
+    if args.command == "keys":
+        print("\n".join(_defaults()))
+    elif args.command == "pretrain":
+        settings = parse_overrides(args.settings)
+        if api.pretrain(args.config, **settings):
+            print(f"pre-training finished: {settings.get('out', 'runs/idmm')}")
+    elif args.command == "finetune":
+        r = finetune(args.config, **parse_overrides(args.settings))
+        if r:
+            print(f"fine-tuned: top-1 {r['top1'] * 100:.2f}% (last epoch), best "
+                  f"{r['top1_best'] * 100:.2f}%, top-5 {r['top5'] * 100:.2f}%")  # fmt: skip
+    elif args.command == "run":
+        results = pipeline.run(args.config, **parse_overrides(args.settings))
+        print(pipeline.summary_table(results))
+        print(f"kNN top-1 {results['knn']['top1'] * 100:.2f}%, linear probe top-1 "
+              f"{results['linear']['top1'] * 100:.2f}% (frozen IDMM backbone)")  # fmt: skip
+    elif args.command == "eval":
+        checkpoint, kv = _split(args.settings, "checkpoint", "idmm eval knn checkpoint=RUN_DIR")
+        evaluate = api.evaluate_knn if args.protocol == "knn" else api.evaluate_linear
+        r = evaluate(checkpoint, **kv)
+        print(f"{args.protocol} top-1: {r['top1'] * 100:.2f}%")
+    elif args.command == "export":
+        run, kv = _split(args.settings, "run", "idmm export run=RUN_DIR [out=DIR]")
+        print(f"exported to {export.export(run, kv.pop('out', None))}")
+    elif args.command == "predict":
+        _predict(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "keys":
-            print("\n".join(_defaults()))
-        elif args.command == "pretrain":
-            settings = parse_overrides(args.settings)
-            results = api.pretrain(args.config, **settings)
-            if results:
-                print(f"pre-training finished: {settings.get('out', 'runs/idmm')}")
-        elif args.command == "eval":
-            settings = parse_overrides(args.settings)
-            if "checkpoint" not in settings:
-                raise ConfigError("idmm eval needs checkpoint=RUN_DIR (a pre-training run dir)")
-            result = api.evaluate_knn(settings.pop("checkpoint"), **settings)
-            print(f"kNN top-1 (k={result['k']}): {result['top1'] * 100:.2f}%")
+        _command(args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"idmm: error: {e}", file=sys.stderr)
         return 2

@@ -33,6 +33,9 @@ class DataConfig:
     subset_seed: int = 0
     skip_bad: bool = False  # skip unreadable images with a warning instead of failing
     cache_size: int | None = None  # decode resolution; None = the training image size
+    # A folder or CSV to evaluate on when the dataset has no test split of its own; without
+    # one, a seeded stratified 20% of the training images is held out.
+    val: str | None = None
     # Normalisation; None = the per-channel mean/std of the cached training images (recorded
     # in the resolved config so evaluation and fine-tuning use the same numbers).
     mean: tuple[float, float, float] | None = None
@@ -69,6 +72,46 @@ class IDMMConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Supervised fine-tuning (DeiT recipe, as the paper). Also the from-scratch baseline."""
+
+    init: str | None = None  # a pre-training run dir or its backbone.safetensors; None = scratch
+    epochs: int = 100
+    img_size: int | None = None  # None = the pre-training img_size (the paper: 112 -> 224)
+    batch_size: int = 256
+    lr: float | None = None  # None = base_lr * batch_size / 256
+    base_lr: float = 5e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5.0
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.5  # Mixup on even epochs (0-based) ...
+    cutmix_alpha: float = 0.5  # ... CutMix on odd ones; alpha 0 turns either off
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    randaug_ops: int = 2  # RandAugment ops per image (0 = off)
+    randaug_magnitude: float = 9.0
+    color_jitter: float = 0.4  # brightness, contrast and saturation strength (0 = off)
+    eval_crop: float = 0.875  # evaluation: resize to size / eval_crop, then centre crop
+    eval_every: int = 1  # test accuracy every N epochs (and always after the last)
+    # An optional second stage at a higher resolution (the paper's 224 -> 448), starting from
+    # the first stage's model; 0 epochs = no second stage.
+    stage2_img_size: int | None = None
+    stage2_epochs: int = 0
+    stage2_base_lr: float = 5e-5
+
+
+@dataclass
+class LinearConfig:
+    """Linear probe on frozen features: every lr of the grid trains in one pass."""
+
+    lrs: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # SGD, standardised
+    epochs: int = 100
+    val_fraction: float = 0.2  # held out from the training images to choose the lr
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     out: str = "runs/idmm"
@@ -95,8 +138,13 @@ class Config:
     knn_temperature: float = 0.07
     eval_batch_size: int = 512
     progress: str = "auto"  # auto (a bar on a terminal) | bar | log
+    # `idmm run` only: also train the classifier from scratch for as many epochs as
+    # pre-training + fine-tuning, the supervised baseline the report compares against.
+    baseline: bool = False
     aug: AugConfig = field(default_factory=AugConfig)
     idmm: IDMMConfig = field(default_factory=IDMMConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
 
 
 CHOICES = {
@@ -106,7 +154,11 @@ CHOICES = {
 }
 
 # Short names that users and scripts rely on (`data=...`, `subset_per_class=...`).
-ALIASES = {"data": "data.source", "subset_per_class": "data.subset_per_class"}
+ALIASES = {
+    "data": "data.source",
+    "subset_per_class": "data.subset_per_class",
+    "init": "finetune.init",
+}
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -281,12 +333,27 @@ def validate(cfg: Config) -> None:
         ("lr", cfg.lr is None or cfg.lr > 0, "positive (or none for base_lr x batch / 256)"),
         ("img_size", cfg.img_size is None or cfg.img_size >= 4, "at least 4 (or none)"),
         ("idmm.imprint_temperature", cfg.idmm.imprint_temperature > 0, "positive"),
+        ("finetune.epochs", cfg.finetune.epochs >= 1, "at least 1"),
+        ("finetune.batch_size", cfg.finetune.batch_size >= 1, "at least 1"),
+        ("finetune.label_smoothing", 0 <= cfg.finetune.label_smoothing < 1, "in [0, 1)"),
+        ("finetune.mixup_alpha", cfg.finetune.mixup_alpha >= 0, "0 (off) or more"),
+        ("finetune.cutmix_alpha", cfg.finetune.cutmix_alpha >= 0, "0 (off) or more"),
+        ("finetune.randaug_ops", cfg.finetune.randaug_ops >= 0, "0 (off) or more"),
+        ("finetune.randaug_magnitude", 0 <= cfg.finetune.randaug_magnitude <= 10, "in [0, 10]"),
+        ("finetune.eval_crop", 0 < cfg.finetune.eval_crop <= 1, "in (0, 1]"),
+        ("finetune.eval_every", cfg.finetune.eval_every >= 1, "at least 1"),
+        ("finetune.drop_path", 0 <= cfg.finetune.drop_path < 1, "in [0, 1)"),
+        ("finetune.stage2_epochs", cfg.finetune.stage2_epochs >= 0, "0 (off) or more"),
+        ("linear.epochs", cfg.linear.epochs >= 1, "at least 1"),
+        ("linear.lrs", len(cfg.linear.lrs) >= 1 and min(cfg.linear.lrs) > 0, "positive lrs"),
+        ("linear.val_fraction", 0 < cfg.linear.val_fraction < 1, "in (0, 1)"),
     ]
     for key, ok, need in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {need}")
-    for key in ("aug.global_scale", "aug.local_scale"):
-        lo, hi = getattr(cfg.aug, key.split(".")[1])
+    for key in ("aug.global_scale", "aug.local_scale", "finetune.crop_scale"):
+        section, name = key.split(".")
+        lo, hi = getattr(getattr(cfg, section), name)
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"config key '{key}' must be (lo, hi) with 0 < lo <= hi <= 1")
 

@@ -14,6 +14,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .config import ConfigError
@@ -47,9 +48,13 @@ def resolve_model(model: str, img_size: int | None, source: str) -> tuple[str, i
 
 
 def create_backbone(
-    name: str, img_size: int, drop_path: float = 0.0, dynamic_img_size: bool = False
+    name: str,
+    img_size: int,
+    drop_path: float = 0.0,
+    dynamic_img_size: bool = False,
+    num_classes: int = 0,
 ) -> nn.Module:
-    """A timm model without classifier: `model(x)` is the pooled feature (`num_features` wide)."""
+    """A timm model; with num_classes=0 (a backbone) `model(x)` is the pooled feature."""
     arch, kwargs = PRESETS.get(name, (name, {}))
     if name not in PRESETS and arch not in timm.list_models():
         close = _close_model_names(name)
@@ -57,7 +62,7 @@ def create_backbone(
             f"unknown model '{name}': not a timm model nor an idmm preset "
             f"({', '.join(PRESETS)}). Close names: {', '.join(close) or 'none'}"
         )
-    kwargs = dict(kwargs, num_classes=0, drop_path_rate=drop_path, img_size=img_size)
+    kwargs = dict(kwargs, num_classes=num_classes, drop_path_rate=drop_path, img_size=img_size)
     if dynamic_img_size:
         kwargs["dynamic_img_size"] = True  # local crops at another resolution
     try:
@@ -114,6 +119,58 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         raise ConfigError(
             f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def head_names(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier, which a new task replaces."""
+    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+    names = {n for n, m in model.named_modules() if m is clf and n}
+    return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+    """Load pre-trained weights into `model` for fine-tuning; returns the keys left at init.
+
+    The classifier is kept only when its shape matches (a fine-tuned model continuing on the
+    same classes, e.g. the second, higher-resolution stage); otherwise the model keeps its fresh
+    head. An absolute position embedding of another grid is resized (bicubic, prefix tokens
+    kept), so a backbone pre-trained at 112 px fine-tunes at 224. Any other mismatch (a
+    relative-position table of another window size, another width) is an error naming the key.
+    """
+    state = load_file(str(path))
+    own = model.state_dict()
+    heads = head_names(model)
+    for key in list(state):
+        if key in own and state[key].shape != own[key].shape:
+            if key.split(".")[-1] == "pos_embed":
+                state[key] = resize_pos_embed(model, state[key])
+            elif key in heads:
+                del state[key]
+            else:
+                raise ConfigError(
+                    f"{path}: weight '{key}' has shape {tuple(state[key].shape)}, the model "
+                    f"wants {tuple(own[key].shape)}. Fine-tune the same architecture "
+                    "(model=, and window_size for relative-position models) as pre-training"
+                )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in heads]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return [k for k in heads if k not in state]
+
+
+def resize_pos_embed(model: nn.Module, posemb: torch.Tensor) -> torch.Tensor:
+    """Bicubic resize of a (1, prefix + H*W, D) position embedding to the model's grid."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None:
+        raise ConfigError(
+            f"cannot resize the position embedding of {type(model).__name__}: it has no "
+            "patch grid; fine-tune at the pre-training img_size"
+        )
+    prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    return resample_abs_pos_embed(posemb, new_size=list(grid), num_prefix_tokens=prefix)
 
 
 def count_params(model: nn.Module) -> int:

@@ -173,15 +173,43 @@ class MultiCrop:
         return normalize(xs, self.mean, self.std)
 
 
+class FinetuneView:
+    """The DeiT fine-tuning transform on a uint8 batch: random-resized crop and flip,
+    RandAugment, colour jitter, then normalisation. Mixing (Mixup/CutMix) is the method's job."""
+
+    def __init__(self, ft, size: int, mean, std):
+        self.ft, self.size = ft, size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        ft = self.ft
+        x = images.float().div_(255)
+        x = random_resized_crop(x, self.size, tuple(ft.crop_scale), g, flip_p=ft.flip_p)
+        if ft.randaug_ops:
+            from .randaugment import rand_augment  # it builds on this module's helpers
+
+            x = rand_augment(x, g, ft.randaug_ops, ft.randaug_magnitude)
+        if ft.color_jitter:
+            x = color_jitter(x, (ft.color_jitter,) * 3 + (0.0,), 1.0, g)
+        return normalize(x, self.mean, self.std)
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
 
 
-def eval_view(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """Deterministic view for features and evaluation: the cached image resized to `size`."""
+def eval_view(images: torch.Tensor, size: int, mean, std, crop: float = 1.0) -> torch.Tensor:
+    """Deterministic view for features and evaluation: the cached image resized to
+    size / crop, then the central size x size (crop=1: the whole image, resized)."""
     x = images.float().div_(255)
-    if x.shape[-1] != size:
+    full = int(round(size / crop))
+    if x.shape[-1] != full:
         x = F.interpolate(
-            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            x, size=(full, full), mode="bilinear", antialias=True, align_corners=False
         )
+    if full != size:
+        top = (full - size) // 2
+        x = x[:, :, top : top + size, top : top + size]
     return normalize(x, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1))

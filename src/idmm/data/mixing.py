@@ -12,7 +12,7 @@ import torch
 class Mix:
     lam: float  # weight of the original targets: the fraction of pixels not pasted over
     perm: torch.Tensor  # row i got its box from row perm[i]
-    box: tuple[int, int, int, int]  # y0, y1, x0, x1 of the pasted region
+    box: tuple[int, int, int, int] | None  # y0, y1, x0, x1 of a CutMix box; None for Mixup
 
 
 def cutmix(
@@ -42,3 +42,12 @@ def cutmix(
     x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
     lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
     return x, Mix(lam=lam, perm=perm, box=(int(y0), int(y1), int(x0), int(x1)))
+
+
+def mixup(
+    x: torch.Tensor, alpha: float, rng: np.random.Generator, g: torch.Generator
+) -> tuple[torch.Tensor, Mix]:
+    """Blend every row with a row of a permuted copy: lam * x + (1 - lam) * x[perm]."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
+    return x * lam + x[perm] * (1 - lam), Mix(lam=lam, perm=perm, box=None)

@@ -35,7 +35,9 @@ class TrainingError(RuntimeError):
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float) -> float:
-    """Linear warm-up to `peak`, then cosine decay to `min_lr` (the correct formula)."""
+    """Linear warm-up to `peak`, then cosine decay to `min_lr` (the correct formula); a
+    min_lr above the peak (a small user lr with the default floor) is capped at the peak."""
+    min_lr = min(min_lr, peak)
     if step < warmup:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
@@ -165,7 +167,7 @@ class Trainer:
             # between the two lines leaves a metrics line that `resume` drops and recomputes.
             self.save()
             if self.rt.is_main:
-                extra = "".join(f" {k} {v:.4f}" for k, v in last.items() if k.startswith("knn"))
+                extra = "".join(f" {k} {v:.4f}" for k, v in last.items() if "top" in k)
                 self.log.info(
                     f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} lr {last['lr']:.2e} "
                     f"{last['images_per_s']:.0f} img/s{extra}"
@@ -195,6 +197,7 @@ class Trainer:
         )
         per_step = cfg.batch_size * rt.world_size
         self.method.train()
+        self.method.on_epoch_start(self.epoch)
         bar = tqdm(
             range(self.steps_per_epoch),
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",

@@ -6,9 +6,11 @@ import difflib
 
 from .base import Method
 from .idmm import IDMM
+from .supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "idmm": IDMM,
+    "supervised": Supervised,
 }
 
 

@@ -19,6 +19,9 @@ from ..data.augment import MultiCrop
 
 class Method(nn.Module):
     needs_labels = False
+    # True: the backbone is a timm classifier with a num_classes-wide head (supervised training);
+    # False: a pooled-feature backbone, the method owns its heads.
+    classifier = False
 
     def __init__(
         self, cfg: Config, backbone: nn.Module, num_images: int, num_classes: int, views: MultiCrop
@@ -49,6 +52,15 @@ class Method(nn.Module):
                 "weight_decay": weight_decay,
             }
         ]
+
+    @classmethod
+    def build_views(cls, cfg: Config):
+        """The batched augmentation that turns a uint8 batch into this method's inputs."""
+        local_size = cfg.aug.local_size or cfg.img_size
+        return MultiCrop(cfg.aug, cfg.img_size, local_size, cfg.data.mean, cfg.data.std)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook before each epoch (0-based), also after a resume."""
 
     def on_train_start(self, images: torch.Tensor) -> None:
         """Hook before the first step of a new (not resumed) run, with every cached image."""

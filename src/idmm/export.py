@@ -1,0 +1,167 @@
+"""Use a trained model outside idmm: export it for timm, load it, predict with it.
+
+An export is two files: `model.safetensors` (timm parameter names; the classifier head of a
+fine-tuned model included) and `model.json` (the timm architecture and keyword arguments, the
+class names and the preprocessing). Plain timm loads it with
+
+    info = json.load(open("export/model.json"))
+    overlay = dict(info["pretrained_cfg_overlay"], file="export/model.safetensors")
+    model = timm.create_model(
+        info["model"], pretrained=True, pretrained_cfg_overlay=overlay, **info["kwargs"])
+
+(the overlay carries `num_classes`: without it timm drops a head whose size differs from the
+architecture's ImageNet default).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from . import models
+from .config import ConfigError
+from .data.augment import eval_view
+from .data.base import Source
+from .data.cache import build_cache
+from .data.sources import DataError, _images_under, _is_image_name
+from .engine.checkpoint import write_json
+from .finetune import read_meta
+
+# Where the usable model of each kind of run directory lives, best first.
+_WEIGHTS = (
+    "finetune/stage2/model.safetensors",
+    "finetune/model.safetensors",
+    "stage2/model.safetensors",
+    "model.safetensors",
+    "export/model.safetensors",
+    "backbone.safetensors",
+)
+
+
+def find_model(path: str | Path) -> Path:
+    """The weights of a run directory (`idmm run`, finetune or pretrain), an export directory or
+    a model.json, or a .safetensors file written by idmm."""
+    p = Path(path)
+    if p.suffix == ".json" and p.is_file():
+        p = p.parent
+    if p.is_file():
+        return p
+    for name in _WEIGHTS:
+        if (p / name).is_file():
+            return p / name
+    raise ConfigError(
+        f"{p}: no trained model found (looked for {', '.join(_WEIGHTS)}); pass a finished run "
+        "directory, an export directory or a .safetensors file written by idmm"
+    )
+
+
+def describe(meta: dict[str, str]) -> dict:
+    """The timm recipe of a weights file: architecture, arguments, classes, preprocessing."""
+    classes = json.loads(meta.get("classes", "[]"))
+    kwargs = dict(json.loads(meta["timm_kwargs"]), num_classes=len(classes))
+    img_size = int(meta["img_size"])
+    if models.patch_size(models.create_backbone(meta["model"], img_size)) is not None:
+        kwargs["img_size"] = img_size  # ViTs; CNNs and PVTs take no img_size
+    crop = float(meta.get("eval_crop", 1.0))
+    return {
+        "model": meta["timm_arch"],
+        "kwargs": kwargs,
+        "pretrained_cfg_overlay": {
+            "file": "model.safetensors",
+            "num_classes": len(classes),
+            "mean": json.loads(meta["mean"]),
+            "std": json.loads(meta["std"]),
+            "input_size": [3, img_size, img_size],
+            "crop_pct": crop,
+        },
+        "classes": classes,
+        "idmm_model": meta["model"],
+        "method": meta.get("method"),
+    }
+
+
+def export(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write model.safetensors + model.json for `run` into `out` (default RUN/export)."""
+    weights = find_model(run)
+    info = describe(read_meta(weights))
+    out_dir = Path(out) if out else Path(run) / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "model.safetensors"
+    if weights.resolve() != target.resolve():
+        tmp = out_dir / ".model.safetensors.tmp"
+        shutil.copyfile(weights, tmp)
+        tmp.replace(target)
+    write_json(out_dir / "model.json", info)
+    return out_dir
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A timm model with idmm's weights, in eval mode. `model.pretrained_cfg` holds its
+    preprocessing (mean, std, input_size, crop_pct) and `label_names` (fine-tuned models)."""
+    weights = find_model(path)
+    meta = read_meta(weights)
+    info = describe(meta)
+    model = models.create_backbone(
+        meta["model"], int(meta["img_size"]), num_classes=info["kwargs"]["num_classes"]
+    )
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{weights} does not match {meta['model']}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    overlay = {k: v for k, v in info["pretrained_cfg_overlay"].items() if k != "file"}
+    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {}, **overlay)
+    model.pretrained_cfg["label_names"] = info["classes"]
+    return model.to(device).eval()
+
+
+def _image_files(inputs: list[str]) -> list[str]:
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = _images_under(str(p))
+            if not found:
+                raise DataError(f"{p} holds no images ({', '.join(['.jpg', '.png', '...'])})")
+            files += found
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise DataError(f"{p} does not exist")
+    if not files:
+        raise DataError("no images given: idmm predict checkpoint=RUN IMAGE_OR_FOLDER ...")
+    return files
+
+
+@torch.no_grad()
+def predict(checkpoint: str | Path, images: list[str], top_k: int = 5, batch_size: int = 256):
+    """Top-k classes with probabilities for each image: [{"path", "predictions": [...]}]."""
+    model = load_model(checkpoint)
+    classes = model.pretrained_cfg["label_names"]
+    if not classes:
+        raise ConfigError(
+            f"{checkpoint} is a pre-trained backbone without a classifier; fine-tune it first "
+            "(idmm finetune init=... ) or use idmm run"
+        )
+    files = _image_files(images)
+    for f in files:
+        if not _is_image_name(Path(f).name):
+            raise DataError(f"{f} is not an image file name this tool reads")
+    pc = model.pretrained_cfg
+    size, crop = pc["input_size"][-1], pc["crop_pct"]
+    cached = build_cache(Source("predict", "test", files, None, []), round(size / crop))
+    out = []
+    for i in range(0, len(files), batch_size):
+        x = eval_view(cached.images[i : i + batch_size], size, pc["mean"], pc["std"], crop)
+        probs = model(x).float().softmax(-1)
+        p, idx = probs.topk(min(top_k, len(classes)), dim=1)
+        for row_p, row_i, f in zip(p.tolist(), idx.tolist(), files[i : i + batch_size]):
+            preds = [{"class": classes[j], "prob": q} for j, q in zip(row_i, row_p)]
+            out.append({"path": f, "predictions": preds})
+    return out

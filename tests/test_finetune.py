@@ -1,0 +1,153 @@
+"""Fine-tuning: position-embedding resize, init vs scratch, the Mixup/CutMix schedule, splits."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import idmm
+from idmm import models
+from idmm.api import build_method
+from idmm.config import ConfigError, build_config
+from idmm.data.sources import DataError
+from idmm.engine.distributed import Runtime
+from idmm.finetune import stage_config
+from idmm.methods import supervised
+from tests.fixtures_data import make_class_folder
+
+# Tiny fine-tuning runs on real Fashion-MNIST pixels: a few seconds each.
+TINY = dict(data="fashion-mnist", subset_per_class=10, model="vit_test", batch_size=25,
+            epochs=2, warmup_epochs=0, threads=2, progress="log", base_lr=2e-3,
+            **{"finetune.eval_every": 100})  # fmt: skip
+
+
+def _saved(model, path, size):
+    models.save_backbone(model, path, {"model": "vit_test", "img_size": str(size)})
+
+
+def test_pos_embed_resized_bicubic_keeping_the_class_token(tmp_path):
+    src = models.create_backbone("vit_test", 28)  # a 7 x 7 grid
+    _saved(src, tmp_path / "b.safetensors", 28)
+    dst = models.create_backbone("vit_test", 56, num_classes=5)  # 14 x 14
+    fresh = models.load_pretrained(dst, tmp_path / "b.safetensors")
+    assert sorted(fresh) == ["head.bias", "head.weight"]
+    assert dst.pos_embed.shape == (1, 1 + 14 * 14, 48)
+    assert torch.equal(dst.pos_embed[:, 0], src.pos_embed[:, 0])  # the class token's row
+    grid = dst.pos_embed[0, 1:].reshape(14, 14, 48)
+    # bicubic upsampling of a smooth field keeps its mean and stays close to the source values
+    assert torch.allclose(grid.mean((0, 1)), src.pos_embed[0, 1:].mean(0), atol=2e-3)
+    assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+
+
+def test_same_size_fine_tuning_loads_every_weight_unchanged(tmp_path):
+    src = models.create_backbone("vit_test", 112)
+    _saved(src, tmp_path / "b.safetensors", 112)
+    dst = models.create_backbone("vit_test", 112, num_classes=3)
+    models.load_pretrained(dst, tmp_path / "b.safetensors")
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_models_without_class_token_resize_too(tmp_path):
+    kw = dict(patch_size=4, embed_dim=48, depth=1, num_heads=2, class_token=False,
+              global_pool="avg")  # fmt: skip
+    src = timm.create_model("vit_tiny_patch16_224", img_size=28, num_classes=0, **kw)
+    models.save_backbone(src, tmp_path / "b.safetensors", {})
+    dst = timm.create_model("vit_tiny_patch16_224", img_size=56, num_classes=4, **kw)
+    models.load_pretrained(dst, tmp_path / "b.safetensors")
+    assert dst.pos_embed.shape == (1, 196, 48)
+    assert dst(torch.randn(1, 3, 56, 56)).shape == (1, 4)
+
+
+def test_other_shape_mismatches_name_the_weight(tmp_path):
+    kw = dict(embed_dim=24, depths=(1,), num_heads=(1,), window_size=7, num_classes=0)
+    src = timm.create_model("swin_tiny_patch4_window7_224", img_size=28, **kw)
+    models.save_backbone(src, tmp_path / "b.safetensors", {})
+    dst = timm.create_model("swin_tiny_patch4_window7_224", img_size=56, **dict(kw, window_size=14))
+    with pytest.raises(ConfigError, match="relative_position|window"):
+        models.load_pretrained(dst, tmp_path / "b.safetensors")
+
+
+def test_mixup_on_even_epochs_cutmix_on_odd(monkeypatch, uint8_batch):
+    calls = []
+    real_mixup, real_cutmix = supervised.mixup, supervised.cutmix
+    monkeypatch.setattr(supervised, "mixup", lambda *a: calls.append("mixup") or real_mixup(*a))
+    monkeypatch.setattr(
+        supervised, "cutmix", lambda *a, **k: calls.append("cutmix") or real_cutmix(*a, **k)
+    )
+    cfg = build_config(None, {"model": "vit_test", "img_size": 28, "data.mean": "0.3,0.3,0.3",
+                              "data.std": "0.35,0.35,0.35"})  # fmt: skip
+    rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
+    method = build_method(stage_config(cfg, 1, "x", 1), rt, 16, 10)
+    labels = torch.arange(16) % 10
+    rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    for epoch in range(4):
+        method.on_epoch_start(epoch)
+        b = method.prepare(uint8_batch, torch.arange(16), labels, rng, g)
+        assert b.x.shape == (16, 3, 28, 28) and 0 < b.lam <= 1
+        assert torch.equal(b.target_a, labels)
+        loss, _ = method(b)
+        assert torch.isfinite(loss)
+    assert calls == ["mixup", "cutmix", "mixup", "cutmix"]
+
+
+def test_init_loads_the_backbone_scratch_does_not(tmp_path):
+    pre = tmp_path / "pre"
+    idmm.pretrain(out=str(pre), **dict(TINY, epochs=1))
+    backbone = load_file(str(pre / "backbone.safetensors"))
+    # a vanishing lr: after one epoch the fine-tuned blocks still equal the pre-trained ones
+    still = dict(TINY, epochs=1, lr=1e-12, **{"finetune.warmup_epochs": 0})
+    idmm.finetune(out=str(tmp_path / "ft"), init=str(pre), **still)
+    idmm.finetune(out=str(tmp_path / "sc"), **still)
+    ft = load_file(str(tmp_path / "ft" / "model.safetensors"))
+    sc = load_file(str(tmp_path / "sc" / "model.safetensors"))
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.allclose(ft[key], backbone[key], atol=1e-6)
+    assert not torch.allclose(sc[key], backbone[key], atol=1e-3)
+    assert ft["head.weight"].shape == (10, 48) and "head.weight" not in backbone
+    cfg = (tmp_path / "ft" / "config.yaml").read_text()
+    assert "epochs: 1" in cfg and f"init: {pre}" in cfg  # epochs= meant finetune.epochs
+
+
+def test_finetune_reports_and_resumes(tmp_path):
+    out = tmp_path / "ft"
+    r = idmm.finetune(out=str(out), **dict(TINY, epochs=3, **{"finetune.eval_every": 1}))
+    assert 0 <= r["top1"] <= r["top1_best"] <= 1 and r["top1"] <= r["top5"] <= 1
+    assert r["test_split"] == "test" and r["test_images"] == 10000
+    assert set(r["per_class"]) == set(idmm.load_model(out).pretrained_cfg["label_names"])
+    saved = json.loads((out / "results.json").read_text())["finetune"]
+    assert saved["top1"] == r["top1"]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in records if "epoch" in x] == [1, 2, 3]
+    assert r["top1_best"] == max(x["test_top1"] for x in records if "test_top1" in x)
+    assert (out / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="resume=true"):
+        idmm.finetune(out=str(out), **TINY)
+
+
+def test_user_validation_folder(tmp_path):
+    train, val = tmp_path / "train", tmp_path / "val"
+    make_class_folder(train, {"a": 12, "b": 12})
+    make_class_folder(val, {"a": 3, "b": 3}, first=30)
+    r = idmm.finetune(out=str(tmp_path / "ft"), img_size=28,
+                      **{**TINY, "data": str(train), "subset_per_class": None, "data.val": str(val),
+                         "batch_size": 8})  # fmt: skip
+    assert r["test_split"] == "val" and r["test_images"] == 6
+    make_class_folder(tmp_path / "bad", {"a": 1, "zebra": 1})
+    with pytest.raises(DataError, match="zebra"):
+        idmm.finetune(out=str(tmp_path / "ft2"), img_size=28,
+                      **{**TINY, "data": str(train), "subset_per_class": None,
+                         "data.val": str(tmp_path / "bad"), "batch_size": 8})  # fmt: skip
+
+
+def test_second_stage_at_higher_resolution(tmp_path):
+    out = tmp_path / "ft"
+    idmm.finetune(out=str(out), **dict(TINY, epochs=1, **{"finetune.stage2_epochs": 1,
+                                                          "finetune.stage2_img_size": 56}))
+    stage2 = load_file(str(out / "stage2" / "model.safetensors"))
+    assert stage2["pos_embed"].shape == (1, 1 + 14 * 14, 48)
+    results = json.loads((out / "results.json").read_text())
+    assert results["finetune"]["img_size"] == 56 and results["finetune_stage1"]["img_size"] == 28
