@@ -14,11 +14,12 @@ import argparse
 import json
 import sys
 
-from . import __version__, api, export, pipeline
+from . import __version__, api, pipeline
 from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
 from .engine.trainer import TrainingError
+from .export import export, predict
 from .finetune import finetune
 
 EPILOG = """\
@@ -103,7 +104,7 @@ def _predict(args) -> None:
     checkpoint, rest = _split(pairs, "checkpoint", "idmm predict checkpoint=RUN IMAGES...")
     if rest:
         raise ConfigError(f"idmm predict takes only checkpoint=...; got {', '.join(rest)}")
-    rows = export.predict(checkpoint, images, top_k=args.top_k)
+    rows = predict(checkpoint, images, top_k=args.top_k)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -137,7 +138,7 @@ def _command(args) -> None:
         print(f"{args.protocol} top-1: {r['top1'] * 100:.2f}%")
     elif args.command == "export":
         run, kv = _split(args.settings, "run", "idmm export run=RUN_DIR [out=DIR]")
-        print(f"exported to {export.export(run, kv.pop('out', None))}")
+        print(f"exported to {export(run, kv.pop('out', None))}")
     elif args.command == "predict":
         _predict(args)
 

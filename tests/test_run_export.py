@@ -1,0 +1,129 @@
+"""`idmm run` end to end on real Fashion-MNIST pixels, then export, timm loading and predict."""
+
+import json
+
+import pytest
+import timm
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+import idmm
+from idmm.cli import main
+from idmm.config import ConfigError
+
+ARGS = ["data=fashion-mnist", "subset_per_class=10", "model=vit_test", "epochs=2",
+        "batch_size=25", "finetune.epochs=2", "finetune.batch_size=25", "finetune.eval_every=1",
+        "baseline=true", "threads=2", "progress=log", "linear.epochs=20",
+        "aug.local_size=16"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "fm"
+    assert main(["run", *ARGS, f"out={out}"]) == 0
+    return out
+
+
+def test_run_writes_every_promised_file(run_dir, capsys):
+    for name in ("config.yaml", "results.json", "report.md", "plots/curves.png",
+                 "pretrain/backbone.safetensors", "pretrain/metrics.jsonl",
+                 "pretrain/checkpoints/last.ckpt", "finetune/model.safetensors",
+                 "finetune/metrics.jsonl", "finetune/plots/confusion.png", "finetune/train.log",
+                 "scratch/model.safetensors"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("knn", "linear", "finetune", "scratch"):
+        assert 0.0 <= results[key]["top1"] <= 1.0, key
+    ft = results["finetune"]
+    assert ft["top1"] <= ft["top1_best"] and ft["top1"] <= ft["top5"]
+    assert results["scratch"]["epochs"] == 4  # the same total epochs as 2 + 2
+    report = (run_dir / "report.md").read_text()
+    assert f"{ft['top1'] * 100:.2f}%" in report and "plots/curves.png" in report
+    assert f"{results['linear']['top1'] * 100:.2f}%" in report
+    # each evaluation also went to the pre-training run's own results and metrics
+    pre = json.loads((run_dir / "pretrain" / "results.json").read_text())
+    assert pre["knn"]["top1"] == results["knn"]["top1"] and "linear" in pre
+    evals = [json.loads(x).get("eval") for x in (run_dir / "pretrain/metrics.jsonl").open()]
+    assert "knn" in evals and "linear" in evals
+
+
+def test_eval_linear_cli(run_dir, capsys):
+    assert main(["eval", "linear", f"checkpoint={run_dir / 'pretrain'}", "linear.epochs=5"]) == 0
+    assert "linear top-1:" in capsys.readouterr().out
+
+
+def _timm_from_export(export_dir):
+    info = json.loads((export_dir / "model.json").read_text())
+    overlay = dict(info["pretrained_cfg_overlay"], file=str(export_dir / "model.safetensors"))
+    return info, timm.create_model(
+        info["model"], pretrained=True, pretrained_cfg_overlay=overlay, **info["kwargs"]
+    ).eval()
+
+
+def test_export_loads_in_plain_timm_with_the_same_outputs(run_dir, tmp_path):
+    assert main(["export", f"run={run_dir}", f"out={tmp_path / 'exp'}"]) == 0
+    info, model = _timm_from_export(tmp_path / "exp")
+    assert info["kwargs"]["num_classes"] == 10 and len(info["classes"]) == 10
+    ours = idmm.load_model(tmp_path / "exp")
+    x = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ours(x), atol=1e-5)
+        # the head came along: the logits are the fine-tuned ones, not a fresh random head
+        assert torch.allclose(model.head.weight, ours.head.weight)
+    assert ours.pretrained_cfg["label_names"] == info["classes"]
+
+
+def test_backbone_export_loads_in_timm(run_dir, tmp_path):
+    out = idmm.export(run_dir / "pretrain", tmp_path / "bb")
+    info, model = _timm_from_export(out)
+    assert info["kwargs"]["num_classes"] == 0 and info["classes"] == []
+    ours = idmm.load_model(out)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert model(x).shape == (2, 48) and torch.allclose(model(x), ours(x), atol=1e-5)
+
+
+def _write_images(folder, fmnist_images, n):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(fmnist_images[i]).save(folder / f"item {i}.png")
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def test_predict_table_and_json(run_dir, tmp_path, fmnist_images, capsys):
+    files = _write_images(tmp_path / "imgs", fmnist_images, 3)
+    assert main(["predict", f"checkpoint={run_dir}", str(tmp_path / "imgs"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == files
+    classes = idmm.load_model(run_dir).pretrained_cfg["label_names"]
+    for r in rows:
+        probs = [p["prob"] for p in r["predictions"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert all(p["class"] in classes for p in r["predictions"])
+    # the same numbers as the model on DeiT's preprocessing: resize to size / crop, centre crop
+    model = idmm.load_model(run_dir)
+    pc = model.pretrained_cfg
+    x = torch.from_numpy(fmnist_images[:1]).unsqueeze(1).expand(-1, 3, -1, -1)
+    x = TF.resize(x, [round(28 / pc["crop_pct"])], interpolation=TF.InterpolationMode.BICUBIC)
+    x = TF.center_crop(x, [28, 28]).float().div(255)
+    x = (x - torch.tensor(pc["mean"]).view(1, 3, 1, 1)) / torch.tensor(pc["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        top = model(x).softmax(-1)[0].max().item()
+    assert abs(rows[0]["predictions"][0]["prob"] - top) < 0.02
+    assert main(["predict", f"checkpoint={run_dir}", files[0], "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(files[0]) and line.count("%") == 2
+
+
+def test_predict_errors_are_clear(run_dir, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="fine-tune it first"):
+        idmm.predict(run_dir / "pretrain", [str(run_dir / "plots" / "curves.png")])
+    assert main(["predict", f"checkpoint={run_dir}", str(tmp_path / "nope.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert main(["predict", f"checkpoint={run_dir}", str(bad)]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    assert main(["export", f"run={tmp_path}"]) == 2
+    assert "no trained model" in capsys.readouterr().err
