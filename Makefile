@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set up, then IDMM pre-training on FMNIST-2040 and its kNN evaluation
+#   make demo   set up, then `idmm run` on FMNIST-2040: IDMM pre-training, kNN and linear probe,
+#               fine-tuning, and the supervised-from-scratch baseline, side by side
 #   make test   set up, then the test suite
 VENV ?= .venv
 IDMM := $(VENV)/bin/idmm
@@ -11,8 +12,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(IDMM) pretrain --config configs/cpu/fmnist2040.yaml out=$(RUN) overwrite=true
-	$(IDMM) eval knn checkpoint=$(RUN)
+	$(IDMM) run --config configs/cpu/fmnist2040.yaml out=$(RUN) baseline=true overwrite=true
 
 test: setup
 	$(VENV)/bin/ruff check src tests bench

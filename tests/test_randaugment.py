@@ -193,3 +193,14 @@ def test_cuda_runs_and_matches_cpu_helpers():
     assert torch.allclose(
         ra._rotate(x.cuda(), _ones(16, 7).cuda()).cpu(), ra._rotate(x, _ones(16, 7)), atol=1e-5
     )
+
+
+def test_uda_style_probability_and_uniform_magnitude():
+    """The paper's fine-tuning RandAugment: each op with p = 0.5, magnitude ~ U(1, 9)."""
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(rand_augment(x, g, 2, (1.0, 9.0), p=0.0), x)
+    y = rand_augment(x, torch.Generator().manual_seed(0), 2, (1.0, 9.0), p=0.5)
+    changed = (y - x).abs().flatten(1).amax(1) > 1e-6
+    # with p = 0.5 per op (and Identity among the ops) some images stay untouched, most do not
+    assert 0.05 < changed.float().mean() < 0.95

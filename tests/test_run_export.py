@@ -127,3 +127,18 @@ def test_predict_errors_are_clear(run_dir, tmp_path, capsys):
     assert "bad.png" in capsys.readouterr().err
     assert main(["export", f"run={tmp_path}"]) == 2
     assert "no trained model" in capsys.readouterr().err
+
+
+def test_knn_then_linear_compute_the_features_once(run_dir, monkeypatch):
+    from idmm import api
+
+    calls = []
+    real = api.extract_features
+    monkeypatch.setattr(api, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    api._FEATURES.clear()
+    idmm.evaluate_knn(run_dir / "pretrain")
+    assert len(calls) == 2  # train and test
+    idmm.evaluate_linear(run_dir / "pretrain", **{"linear.epochs": 5})
+    assert len(calls) == 2
+    idmm.evaluate_knn(run_dir / "pretrain", seed=1)  # another holdout seed: new features
+    assert len(calls) == 4

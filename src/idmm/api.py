@@ -19,7 +19,16 @@ import numpy as np
 import torch
 
 from . import models
-from .config import Config, ConfigError, build_config, from_dict, load_yaml, save_yaml, set_key
+from .config import (
+    Config,
+    ConfigError,
+    build_config,
+    from_dict,
+    load_yaml,
+    save_yaml,
+    set_key,
+    to_dict,
+)
 from .data.cache import CachedData, build_cache
 from .data.sources import DataError, open_source, subset_per_class
 from .engine.checkpoint import update_results
@@ -280,16 +289,25 @@ def frozen_features(checkpoint: str | Path, overrides: dict[str, Any]):
             f"{weights} not found: the run has not finished pre-training "
             "(resume it with `idmm pretrain out=... resume=true`)"
         )
-    backbone = models.create_backbone(cfg.model, cfg.img_size).to(rt.device)
-    models.load_backbone_weights(backbone, weights)
-    train = load_train_data(cfg)
-    if train.labels is None:
-        raise DataError(f"{cfg.data.source} has no labels; evaluation needs a labelled set")
-    train, test, split = load_test_data(cfg, train)
-    args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
-    tr = extract_features(backbone, train.images, *args)
-    te = extract_features(backbone, test.images, *args)
-    return run_dir, cfg, log, (tr, train.labels, te, test.labels, train, test, split)
+    # kNN then linear on the same backbone and data (as `idmm run` does) reuse the features
+    key = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, to_dict(cfg.data),
+                      cfg.model, cfg.img_size, cfg.seed, str(rt.device)])  # fmt: skip
+    if _FEATURES.get("key") != key:
+        backbone = models.create_backbone(cfg.model, cfg.img_size).to(rt.device)
+        models.load_backbone_weights(backbone, weights)
+        train = load_train_data(cfg)
+        if train.labels is None:
+            raise DataError(f"{cfg.data.source} has no labels; evaluation needs a labelled set")
+        train, test, split = load_test_data(cfg, train)
+        args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
+        tr = extract_features(backbone, train.images, *args)
+        te = extract_features(backbone, test.images, *args)
+        _FEATURES.clear()
+        _FEATURES.update(key=key, value=(tr, train.labels, te, test.labels, train, test, split))
+    return run_dir, cfg, log, _FEATURES["value"]
+
+
+_FEATURES: dict[str, Any] = {}  # the last features computed, keyed by weights, data and model
 
 
 def _record(run_dir: Path, name: str, result: dict) -> None:

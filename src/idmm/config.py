@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .eval.linear import DEFAULT_LRS
+
 
 class ConfigError(ValueError):
     """A bad key or value in a config, a recipe or a `key=value` override."""
@@ -81,18 +83,22 @@ class FinetuneConfig:
     batch_size: int = 256
     lr: float | None = None  # None = base_lr * batch_size / 256
     base_lr: float = 5e-4
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 5.0
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-3
+    warmup_epochs: float = 2.0
     drop_path: float = 0.1
     label_smoothing: float = 0.1
+    # lambda ~ Beta(alpha, alpha) forced >= 0.5, as the official code; alpha 0 turns either off
     mixup_alpha: float = 0.5  # Mixup on even epochs (0-based) ...
-    cutmix_alpha: float = 0.5  # ... CutMix on odd ones; alpha 0 turns either off
+    cutmix_alpha: float = 0.5  # ... CutMix on odd ones
     crop_scale: tuple[float, float] = (0.08, 1.0)
     flip_p: float = 0.5
-    randaug_ops: int = 2  # RandAugment ops per image (0 = off)
-    randaug_magnitude: float = 9.0
-    color_jitter: float = 0.4  # brightness, contrast and saturation strength (0 = off)
+    randaug_ops: int = 2  # RandAugment ops per image (0 = off) ...
+    randaug_magnitude: tuple[float, float] = (1.0, 9.0)  # ... magnitude ~ U(lo, hi) of 10 ...
+    randaug_p: float = 0.5  # ... each op applied with this probability (UDA RandAugment)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    color_jitter_p: float = 0.4
+    grayscale_p: float = 0.2
     eval_crop: float = 0.875  # evaluation: resize to size / eval_crop, then centre crop
     eval_every: int = 1  # test accuracy every N epochs (and always after the last)
     # An optional second stage at a higher resolution (the paper's 224 -> 448), starting from
@@ -106,7 +112,7 @@ class FinetuneConfig:
 class LinearConfig:
     """Linear probe on frozen features: every lr of the grid trains in one pass."""
 
-    lrs: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # SGD, standardised
+    lrs: tuple[float, ...] = DEFAULT_LRS  # SGD on standardised features
     epochs: int = 100
     val_fraction: float = 0.2  # held out from the training images to choose the lr
 
@@ -339,7 +345,12 @@ def validate(cfg: Config) -> None:
         ("finetune.mixup_alpha", cfg.finetune.mixup_alpha >= 0, "0 (off) or more"),
         ("finetune.cutmix_alpha", cfg.finetune.cutmix_alpha >= 0, "0 (off) or more"),
         ("finetune.randaug_ops", cfg.finetune.randaug_ops >= 0, "0 (off) or more"),
-        ("finetune.randaug_magnitude", 0 <= cfg.finetune.randaug_magnitude <= 10, "in [0, 10]"),
+        (
+            "finetune.randaug_magnitude",
+            0 <= cfg.finetune.randaug_magnitude[0] <= cfg.finetune.randaug_magnitude[1] <= 10,
+            "(lo, hi) with 0 <= lo <= hi <= 10",
+        ),
+        ("finetune.randaug_p", 0 <= cfg.finetune.randaug_p <= 1, "in [0, 1]"),
         ("finetune.eval_crop", 0 < cfg.finetune.eval_crop <= 1, "in (0, 1]"),
         ("finetune.eval_every", cfg.finetune.eval_every >= 1, "at least 1"),
         ("finetune.drop_path", 0 <= cfg.finetune.drop_path < 1, "in [0, 1)"),

@@ -106,9 +106,15 @@ def summary_table(results: dict) -> str:
 
 def write_report(out: Path, cfg: Config, results: dict) -> Path:
     """report.md: the numbers, the recipe, the curves and the confusion matrix."""
+    # fine-tuning continues the pre-training's epoch count, so the from-scratch baseline (with as
+    # many epochs in total) lines up with the IDMM curves on one axis
+    shift = cfg.epochs
     runs = {
         "IDMM pre-training": _metrics(out / "pretrain"),
-        "fine-tuning": _metrics(out / "finetune"),
+        "fine-tuning": [
+            {**r, "epoch": r["epoch"] + shift} if "epoch" in r else r
+            for r in _metrics(out / "finetune")
+        ],
     }
     if (out / "scratch").is_dir():
         runs["supervised from scratch"] = _metrics(out / "scratch")

@@ -80,9 +80,11 @@ def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") 
     fig = Figure(figsize=(10, 4) if accs else (5.5, 4), dpi=120)
     axes = fig.subplots(1, 2 if accs else 1, squeeze=False)[0]
     ax = axes[0]
+    # one colour per run in both panels; a run's accuracy keys differ by line style
+    color = {label: f"C{i % 10}" for i, label in enumerate(runs)}
     for label, pts in losses.items():
         pts.sort()
-        ax.plot([e for e, _ in pts], [v for _, v in pts], label=label)
+        ax.plot([e for e, _ in pts], [v for _, v in pts], label=label, color=color[label])
     values = [v for pts in losses.values() for _, v in pts]
     if values and min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")
@@ -93,10 +95,21 @@ def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") 
         axes[0].legend(fontsize=8)
     if accs:
         ax = axes[1]
+        styles: dict[str, list[str]] = {}
         for (label, key), pts in accs.items():
             pts.sort()
             name = f"{label}: {key}" if len(runs) > 1 else key
-            ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", ms=3, label=name)
+            keys = styles.setdefault(label, [])
+            keys.append(key)
+            ax.plot(
+                [e for e, _ in pts],
+                [v for _, v in pts],
+                marker="o",
+                ms=3,
+                label=name,
+                color=color[label],
+                linestyle=("-", "--", ":", "-.")[(len(keys) - 1) % 4],
+            )
         ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (%)")
         ax.legend(fontsize=8)
     if title:

@@ -174,8 +174,8 @@ class MultiCrop:
 
 
 class FinetuneView:
-    """The DeiT fine-tuning transform on a uint8 batch: random-resized crop and flip,
-    RandAugment, colour jitter, then normalisation. Mixing (Mixup/CutMix) is the method's job."""
+    """The paper's fine-tuning transform on a uint8 batch: random-resized crop and flip,
+    RandAugment, colour jitter, grayscale, then normalisation. Mixing is the method's job."""
 
     def __init__(self, ft, size: int, mean, std):
         self.ft, self.size = ft, size
@@ -190,9 +190,9 @@ class FinetuneView:
         if ft.randaug_ops:
             from .randaugment import rand_augment  # it builds on this module's helpers
 
-            x = rand_augment(x, g, ft.randaug_ops, ft.randaug_magnitude)
-        if ft.color_jitter:
-            x = color_jitter(x, (ft.color_jitter,) * 3 + (0.0,), 1.0, g)
+            x = rand_augment(x, g, ft.randaug_ops, tuple(ft.randaug_magnitude), p=ft.randaug_p)
+        x = color_jitter(x, tuple(ft.color_jitter), ft.color_jitter_p, g)
+        x = random_grayscale(x, ft.grayscale_p, g)
         return normalize(x, self.mean, self.std)
 
 

@@ -47,7 +47,9 @@ def cutmix(
 def mixup(
     x: torch.Tensor, alpha: float, rng: np.random.Generator, g: torch.Generator
 ) -> tuple[torch.Tensor, Mix]:
-    """Blend every row with a row of a permuted copy: lam * x + (1 - lam) * x[perm]."""
+    """Blend every row with a row of a permuted copy: lam * x + (1 - lam) * x[perm], with
+    lam ~ Beta(alpha, alpha) forced >= 0.5 (the paper's code), so each row stays mostly itself."""
     lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1 - lam)
     perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
     return x * lam + x[perm] * (1 - lam), Mix(lam=lam, perm=perm, box=None)

@@ -173,12 +173,15 @@ def rand_augment(
     x: torch.Tensor,
     g: torch.Generator,
     num_ops: int = 2,
-    magnitude: float = 9.0,
+    magnitude: float | tuple[float, float] = 9.0,
     magnitude_std: float = 0.5,
     ops: tuple[str, ...] = OPS,
+    p: float = 1.0,
 ) -> torch.Tensor:
     """Per-sample RandAugment of a float batch (B, C, H, W) in [0, 1].
 
+    `magnitude` as a (lo, hi) pair draws m ~ U(lo, hi) per sample instead (the UDA RandAugment
+    of the paper's fine-tuning code: magnitude 1-9, each op applied with p = 0.5).
     Returns a new tensor (x itself when num_ops is 0); x is never modified in place.
     """
     bad = [o for o in ops if o not in OPS]
@@ -194,8 +197,14 @@ def rand_augment(
     for _ in range(num_ops):
         # Same draws whatever the data, in the same order: the stream stays in step.
         k = (_uniform(b, 0, len(ops), g, dev).long()).clamp_(max=len(ops) - 1)
-        m = (magnitude + magnitude_std * torch.randn(b, generator=g, device=dev)).clamp(0, 10) / 10
+        if isinstance(magnitude, (tuple, list)):
+            m = _uniform(b, magnitude[0], magnitude[1], g, dev).clamp(0, 10) / 10
+        else:
+            m = magnitude + magnitude_std * torch.randn(b, generator=g, device=dev)
+            m = m.clamp(0, 10) / 10
         level = m * torch.where(_bernoulli(b, 0.5, g, dev), -1.0, 1.0)
+        if p < 1.0:  # a skipped op is the identity (index len(ops) matches no op)
+            k = torch.where(_bernoulli(b, p, g, dev), k, len(ops))
         geo = torch.zeros(b, dtype=torch.bool, device=dev)
         mat = _geometry("Identity", level, h, w)
         for i, name in enumerate(ops):

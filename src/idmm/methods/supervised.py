@@ -53,7 +53,7 @@ class Supervised(Method):
         if use_mixup:
             x, mix = mixup(x, alpha, rng, g)
         else:
-            x, mix = cutmix(x, alpha, rng, g, min_lam=0.0)
+            x, mix = cutmix(x, alpha, rng, g)
         return Batch(x, labels, labels[mix.perm], mix.lam)
 
     def forward(self, b: Batch):
