@@ -22,3 +22,21 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]  # one process writes the logs
     assert records[-1]["step"] == 2 * (100 // 40)  # 100 images, 2 ranks x 20 per step
     assert (run / "backbone.safetensors").is_file()
+
+
+def test_torchrun_runs_the_whole_pipeline(tmp_path):
+    """`idmm run` under torchrun: pre-training and fine-tuning in DDP, one process writes."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", "-m", "idmm", "run", "data=fashion-mnist", "subset_per_class=10",
+           "model=vit_test", "epochs=1", "batch_size=20", "finetune.epochs=2",
+           "finetune.batch_size=20", "linear.epochs=5", "threads=1", f"out={out}",
+           "progress=log"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["finetune"]["top1"] <= 1 and "linear" in results
+    records = [json.loads(x) for x in (out / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "epoch" in r] == [1, 2]
+    assert (out / "report.md").is_file()

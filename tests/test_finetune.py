@@ -171,3 +171,17 @@ def test_paper_recipe_runs_both_fine_tuning_stages(tmp_path):
     final = load_file(str(tmp_path / "run" / "finetune" / "stage2" / "model.safetensors"))
     assert final["pos_embed"].shape == (1, 1 + 36, 192) and final["head.weight"].shape[0] == 102
     assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_probe_head_starts_from_a_linear_probe(tmp_path):
+    """finetune.head_init=probe (LP-FT): before any fine-tuning step the classifier already
+    classifies, where a random head is at chance."""
+    pre = tmp_path / "pre"
+    idmm.pretrain(out=str(pre), **dict(TINY, epochs=1))
+    frozen = dict(TINY, epochs=1, lr=1e-12, **{"finetune.min_lr": 0.0, "linear.epochs": 30})
+    probed = idmm.finetune(out=str(tmp_path / "p"), init=str(pre),
+                           **{**frozen, "finetune.head_init": "probe"})  # fmt: skip
+    random = idmm.finetune(out=str(tmp_path / "r"), init=str(pre), **frozen)
+    assert probed["top1"] > 0.15 and probed["top1"] > random["top1"] + 0.1  # chance: 0.1
+    log = (tmp_path / "p" / "train.log").read_text()
+    assert "head from a linear probe" in log

@@ -123,6 +123,8 @@ def test_same_seed_same_result_other_seed_differs():
     b = linear_probe(*data, **kw, seed=1)
     c = linear_probe(*data, **kw, seed=2)
     assert torch.equal(a.pop("predictions"), b.pop("predictions"))
+    for ta, tb in zip(a.pop("head"), b.pop("head")):
+        assert torch.equal(ta, tb)
     assert a == b
     assert a["val_top1_by_lr"] != c["val_top1_by_lr"]
 

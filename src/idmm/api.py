@@ -270,8 +270,8 @@ def load_run_config(run: str | Path) -> tuple[Path, Config]:
 def frozen_features(checkpoint: str | Path, overrides: dict[str, Any]):
     """Features of a pre-trained backbone on the train and test images, computed once.
 
-    Returns (run_dir, cfg, log, features) with features = (train_f, train_y, test_f, test_y,
-    train, test, split)."""
+    Returns (run_dir, cfg, log, is_main, features) with features = (train_f, train_y, test_f,
+    test_y, train, test, split). Under torchrun every process evaluates; only rank 0 writes."""
     run_dir, cfg = load_run_config(checkpoint)
     cfg.device, cfg.precision = "auto", "auto"  # where it runs now, not where it was trained
     if {"data", "data.source"} & set(overrides):
@@ -304,7 +304,7 @@ def frozen_features(checkpoint: str | Path, overrides: dict[str, Any]):
         te = extract_features(backbone, test.images, *args)
         _FEATURES.clear()
         _FEATURES.update(key=key, value=(tr, train.labels, te, test.labels, train, test, split))
-    return run_dir, cfg, log, _FEATURES["value"]
+    return run_dir, cfg, log, rt.is_main, _FEATURES["value"]
 
 
 _FEATURES: dict[str, Any] = {}  # the last features computed, keyed by weights, data and model
@@ -317,7 +317,7 @@ def _record(run_dir: Path, name: str, result: dict) -> None:
 
 def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
     """Weighted cosine kNN of a pre-trained backbone; writes results.json['knn'] in its run dir."""
-    run_dir, cfg, log, (tr, tr_y, te, te_y, train, test, split) = frozen_features(
+    run_dir, cfg, log, is_main, (tr, tr_y, te, te_y, train, test, split) = frozen_features(
         checkpoint, overrides
     )
     by_k = knn_top1(tr, tr_y, te, te_y, cfg.knn_k, cfg.knn_temperature)
@@ -332,7 +332,8 @@ def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
         "test_images": len(test),
         "test_split": split,
     }
-    _record(run_dir, "knn", result)
+    if is_main:
+        _record(run_dir, "knn", result)
     table = "  ".join(f"k={kk}: {v * 100:.2f}%" for kk, v in by_k.items())
     log.info(
         f"kNN top-1 on {cfg.data.source} {split} ({len(test)} images, {len(train)} "
@@ -344,7 +345,7 @@ def evaluate_knn(checkpoint: str | Path, **overrides: Any) -> dict:
 def evaluate_linear(checkpoint: str | Path, **overrides: Any) -> dict:
     """Linear probe on frozen, cached features: the lr grid trains in one pass, the lr is chosen
     on a held-out part of the training images; writes results.json['linear']."""
-    run_dir, cfg, log, (tr, tr_y, te, te_y, train, test, split) = frozen_features(
+    run_dir, cfg, log, is_main, (tr, tr_y, te, te_y, train, test, split) = frozen_features(
         checkpoint, overrides
     )
     lc = cfg.linear
@@ -353,8 +354,10 @@ def evaluate_linear(checkpoint: str | Path, **overrides: Any) -> dict:
         val_fraction=lc.val_fraction, seed=cfg.seed,
     )  # fmt: skip
     out.pop("predictions", None)
+    out.pop("head", None)
     result = {**out, "data": cfg.data.source, "test_split": split}
-    _record(run_dir, "linear", result)
+    if is_main:
+        _record(run_dir, "linear", result)
     grid = "  ".join(f"lr {lr}: {v * 100:.2f}%" for lr, v in out["val_top1_by_lr"].items())
     log.info(
         f"linear probe on {cfg.data.source}: held-out train accuracy {grid}; lr {out['best_lr']}"

@@ -87,6 +87,9 @@ class FinetuneConfig:
     weight_decay: float = 1e-3
     warmup_epochs: float = 2.0
     drop_path: float = 0.1
+    # "random" (the paper) or "probe": with init=, the new head starts as a linear probe of the
+    # pre-trained features (LP-FT), so its first gradients do not scramble them
+    head_init: str = "random"
     label_smoothing: float = 0.1
     # lambda ~ Beta(alpha, alpha) forced >= 0.5, as the official code; alpha 0 turns either off
     mixup_alpha: float = 0.5  # Mixup on even epochs (0-based) ...
@@ -157,6 +160,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "progress": ("auto", "bar", "log"),
     "idmm.head_init": ("random", "imprint"),
+    "finetune.head_init": ("random", "probe"),
 }
 
 # Short names that users and scripts rely on (`data=...`, `subset_per_class=...`).

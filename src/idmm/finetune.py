@@ -35,6 +35,7 @@ from .engine.distributed import Runtime, setup
 from .engine.log import append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
+from .eval.linear import linear_probe
 
 # In `idmm finetune`, these top-level keys mean the fine-tuning ones (`epochs=50` is
 # `finetune.epochs=50`): the command has no pre-training to configure.
@@ -142,6 +143,41 @@ def stage_config(cfg: Config, stage: int, out: Path, world_size: int) -> Config:
     return ft
 
 
+class PreLogits(torch.nn.Module):
+    """A timm classifier's head input (its `pre_logits` features), for probing the head."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+@torch.no_grad()
+def probe_head(cfg: Config, model, train: CachedData, rt: Runtime) -> float:
+    """LP-FT (Kumar et al., ICLR 2022): start the new head at a linear probe of the loaded
+    backbone's features. A random head's first, large gradients otherwise flow into the backbone
+    and scramble the pre-trained features before the head is any good."""
+    head = model.get_classifier()
+    if not isinstance(head, torch.nn.Linear):
+        raise ConfigError(
+            f"finetune.head_init=probe needs a linear classifier; {cfg.model} has "
+            f"{type(head).__name__}. Use finetune.head_init=random"
+        )
+
+    args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
+    feats = extract_features(PreLogits(model), train.images, *args, crop=cfg.finetune.eval_crop)
+    lc = cfg.linear
+    out = linear_probe(feats, train.labels, feats, train.labels, len(train.classes),
+                       lrs=tuple(lc.lrs), epochs=lc.epochs, val_fraction=lc.val_fraction,
+                       seed=cfg.seed)  # fmt: skip
+    weight, bias = out["head"]
+    head.weight.copy_(weight)
+    head.bias.copy_(bias)
+    return max(out["val_top1_by_lr"].values())
+
+
 class TestMonitor:
     """Epoch hook: top-1/top-5 on the evaluation split; keeps the last logits for the report."""
 
@@ -178,6 +214,9 @@ def train_stage(cfg, rt, stage, train, test, split, out: Path, weights, log) -> 
     if weights is not None:
         fresh = models.load_pretrained(model, weights)
         origin = f"from {weights} (new: {', '.join(fresh) or 'nothing'})"
+        if fresh and ft.finetune.head_init == "probe":
+            acc = probe_head(ft, model, train, rt)
+            origin += f", head from a linear probe ({acc * 100:.1f}% on held-out train images)"
     log.info(
         f"fine-tune stage {stage}: {ft.model} at {ft.img_size}px {origin}; {len(train)} "
         f"images, {len(train.classes)} classes, {ft.epochs} epochs, batch {ft.batch_size} x "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,10 @@ def run(config: Config | str | Path | None = None, **overrides: Any) -> dict:
         scratch.finetune.init = None
         scratch.finetune.epochs = cfg.epochs + cfg.finetune.epochs  # the same total epochs
         results["scratch"] = run_finetune(scratch)
-    save_yaml(pre, out / "config.yaml")
-    write_json(out / "results.json", results)
-    write_report(out, pre, results)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one process writes
+        save_yaml(pre, out / "config.yaml")
+        write_json(out / "results.json", results)
+        write_report(out, pre, results)
     return results
 
 

@@ -140,7 +140,8 @@ def linear_probe(
 ) -> dict:  # fmt: skip
     """Pick the lr on a stratified held-out split, retrain it on all training features, test it.
 
-    Fractions in [0, 1]; `predictions` (a LongTensor on the CPU) is for a confusion matrix.
+    Fractions in [0, 1]; `predictions` (a LongTensor on the CPU) is for a confusion matrix;
+    `head` = (weight (C, D), bias (C,)) of the final head on the raw (unstandardised) features.
     """
     lrs = tuple(float(lr) for lr in lrs)
     _check(train_f, train_y, test_f, test_y, num_classes, lrs, epochs, batch_size, val_fraction)
@@ -166,8 +167,13 @@ def linear_probe(
         x_all, x_te = _standardise(train_f, test_f)
         w, b = train_heads(x_all, train_y, lrs=(best_lr,), seed=seed + 2, **hyper)
         topk = _logits(x_te, w.transpose(0, 1), b)[:, 0].topk(min(5, num_classes), dim=1).indices
+        # the final head in raw feature space (standardisation folded in), to start a classifier
+        mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+        w_raw = w[:, 0] / std[:, None]  # (D, C)
+        head = (w_raw.T.cpu(), (b[0] - mean @ w_raw).cpu())
     pred = topk[:, 0]
     return {
+        "head": head,
         "top1": float((pred == test_y).float().mean()),
         "top5": float((topk == test_y[:, None]).any(1).float().mean()),
         "best_lr": best_lr,
