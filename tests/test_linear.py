@@ -179,3 +179,12 @@ def _bad(**over):
 def test_bad_inputs_raise(over):
     with pytest.raises(ValueError):
         linear_probe(**_bad(**over))
+
+
+def test_head_in_raw_feature_space_gives_the_same_predictions():
+    train_f, train_y, test_f, test_y = _split(*_blobs(40, noise=3.0))
+    train_f, test_f = train_f * 7 + 3, test_f * 7 + 3  # far from standardised
+    r = linear_probe(train_f, train_y, test_f, test_y, num_classes=5, epochs=20)
+    weight, bias = r["head"]
+    assert weight.shape == (5, 32) and bias.shape == (5,)
+    assert torch.equal((test_f @ weight.T + bias).argmax(1), r["predictions"])

@@ -169,7 +169,7 @@ def linear_probe(
         topk = _logits(x_te, w.transpose(0, 1), b)[:, 0].topk(min(5, num_classes), dim=1).indices
         # the final head in raw feature space (standardisation folded in), to start a classifier
         mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
-        w_raw = w[:, 0] / std[:, None]  # (D, C)
+        w_raw = w[0] / std[:, None]  # (D, C): the one head trained on all the features
         head = (w_raw.T.cpu(), (b[0] - mean @ w_raw).cpu())
     pred = topk[:, 0]
     return {
