@@ -108,7 +108,7 @@ class FinetuneConfig:
     # the first stage's model; 0 epochs = no second stage.
     stage2_img_size: int | None = None
     stage2_epochs: int = 0
-    stage2_base_lr: float = 5e-5
+    stage2_base_lr: float = 1e-4  # the paper: lr 5e-5 at batch 128
 
 
 @dataclass
