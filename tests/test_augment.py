@@ -79,3 +79,18 @@ def test_cutmix_lambda_matches_pasted_area(uint8_batch, seed):
     assert torch.allclose(own[moved], torch.full_like(own[moved], mix.lam), atol=1e-6)
     y0, y1, x0, x1 = mix.box
     assert torch.equal(mixed[:, :, y0:y1, x0:x1], x[mix.perm][:, :, y0:y1, x0:x1])
+
+
+def test_shard_generator_splits_the_global_draws_by_rank(uint8_batch):
+    """Rank r of K gets exactly the crops that global samples r, r+K, ... get in one process."""
+    from idmm.data.augment import ShardGenerator
+
+    views = _views(16)
+    full = views(uint8_batch, torch.Generator().manual_seed(3))
+    for rank in range(2):
+        g = ShardGenerator(torch.Generator().manual_seed(3), 2, rank)
+        part = views(uint8_batch[rank::2], g)
+        for whole, mine in zip(full, part):
+            count = whole.shape[0] // 16
+            expect = whole.view(count, 16, *whole.shape[1:])[:, rank::2].reshape(mine.shape)
+            assert torch.allclose(mine, expect, atol=1e-5)

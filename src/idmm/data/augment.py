@@ -26,12 +26,41 @@ class CropSpec:
     scale: tuple[float, float]
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+class ShardGenerator:
+    """Per-sample random draws that do not depend on how the global batch is split over ranks.
+
+    Rank r of K holds global samples r, r + K, r + 2K, ... (the trainer's strided shard). Every
+    rank draws the numbers of the whole global batch from the same generator (a few floats per
+    sample: cheap) and keeps its own column, so 2 ranks x batch B augment exactly as 1 process x
+    batch 2B does; only the pixel work is sharded.
+    """
+
+    def __init__(self, generator: torch.Generator, world_size: int, rank: int):
+        self.generator, self.world_size, self.rank = generator, world_size, rank
+        self.device = generator.device
 
 
-def _bernoulli(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) < p
+def _draw(fn, n: int, g, device) -> torch.Tensor:
+    if isinstance(g, ShardGenerator):
+        full = fn(n * g.world_size, generator=g.generator, device=device)
+        return full.view(n, g.world_size)[:, g.rank].contiguous()
+    return fn(n, generator=g, device=device)
+
+
+def _rand(n: int, g, device) -> torch.Tensor:
+    return _draw(torch.rand, n, g, device)
+
+
+def _randn(n: int, g, device) -> torch.Tensor:
+    return _draw(torch.randn, n, g, device)
+
+
+def _uniform(n: int, lo: float, hi: float, g, device) -> torch.Tensor:
+    return _rand(n, g, device) * (hi - lo) + lo
+
+
+def _bernoulli(n: int, p: float, g, device) -> torch.Tensor:
+    return _rand(n, g, device) < p
 
 
 def random_resized_crop(
@@ -53,8 +82,8 @@ def random_resized_crop(
     r = torch.exp(logr)
     w = torch.sqrt(area * r).clamp(max=1.0)  # fractions of the image side
     h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(b, generator=g, device=dev) * (1 - w) + w / 2) * 2 - 1
-    cy = (torch.rand(b, generator=g, device=dev) * (1 - h) + h / 2) * 2 - 1
+    cx = (_rand(b, g, dev) * (1 - w) + w / 2) * 2 - 1
+    cy = (_rand(b, g, dev) * (1 - h) + h / 2) * 2 - 1
     flip = torch.where(_bernoulli(b, flip_p, g, dev), -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
     theta[:, 0, 0] = w * flip

@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def _perm(n: int, g) -> torch.Tensor:
+    """Mixing partners come from the rank's own batch (as timm's Mixup under DDP)."""
+    g = getattr(g, "generator", g)  # a ShardGenerator's underlying generator
+    return torch.randperm(n, generator=g, device=g.device)
+
+
 @dataclass
 class Mix:
     lam: float  # weight of the original targets: the fraction of pixels not pasted over
@@ -37,7 +43,7 @@ def cutmix(
     cy, cx = int(rng.integers(h)), int(rng.integers(w))
     y0, y1 = np.clip(cy - ch // 2, 0, h), np.clip(cy + ch // 2, 0, h)
     x0, x1 = np.clip(cx - cw // 2, 0, w), np.clip(cx + cw // 2, 0, w)
-    perm = torch.randperm(b, generator=g, device=g.device).to(x.device)
+    perm = _perm(b, g).to(x.device)
     x = x.clone()
     x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
     lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
@@ -51,5 +57,5 @@ def mixup(
     lam ~ Beta(alpha, alpha) forced >= 0.5 (the paper's code), so each row stays mostly itself."""
     lam = float(rng.beta(alpha, alpha))
     lam = max(lam, 1 - lam)
-    perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
+    perm = _perm(x.shape[0], g).to(x.device)
     return x * lam + x[perm] * (1 - lam), Mix(lam=lam, perm=perm, box=None)

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from idmm.data.augment import _bernoulli, _gray, _uniform
+from idmm.data.augment import _bernoulli, _gray, _randn, _uniform
 
 OPS = (
     "Identity", "AutoContrast", "Equalize", "Rotate", "ShearX", "ShearY", "TranslateX",
@@ -200,7 +200,7 @@ def rand_augment(
         if isinstance(magnitude, (tuple, list)):
             m = _uniform(b, magnitude[0], magnitude[1], g, dev).clamp(0, 10) / 10
         else:
-            m = magnitude + magnitude_std * torch.randn(b, generator=g, device=dev)
+            m = magnitude + magnitude_std * _randn(b, g, dev)
             m = m.clamp(0, 10) / 10
         level = m * torch.where(_bernoulli(b, 0.5, g, dev), -1.0, 1.0)
         if p < 1.0:  # a skipped op is the identity (index len(ops) matches no op)

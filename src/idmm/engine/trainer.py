@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..config import Config, to_dict
+from ..data.augment import ShardGenerator
 from ..data.cache import CachedData
 from ..methods.base import Method
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -186,10 +187,13 @@ class Trainer:
     def train_epoch(self) -> float:
         cfg, rt = self.cfg, self.rt
         torch.manual_seed(epoch_seed(cfg.seed, self.epoch, rt.rank, 1))  # drop-path etc.
-        rng = np.random.default_rng(epoch_seed(cfg.seed, self.epoch, rt.rank, 2))
-        g = torch.Generator(device=rt.device).manual_seed(
-            epoch_seed(cfg.seed, self.epoch, rt.rank, 3)
-        )
+        # Augmentation and mixing draws are the same on every rank and each rank keeps its
+        # samples' share (ShardGenerator), so K ranks x batch B augment as 1 x batch K*B.
+        # (rank 0's seeds: a single process draws what it always drew)
+        rng = np.random.default_rng(epoch_seed(cfg.seed, self.epoch, 0, 2))
+        g = torch.Generator(device=rt.device).manual_seed(epoch_seed(cfg.seed, self.epoch, 0, 3))
+        if rt.distributed:
+            g = ShardGenerator(g, rt.world_size, rt.rank)
         # One permutation for all ranks, then each rank takes its own shard of it.
         order = torch.randperm(
             len(self.data),
@@ -214,7 +218,7 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.0f}")
         return all_reduce_mean(total / self.steps_per_epoch, rt)
 
-    def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g: torch.Generator) -> float:
+    def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g) -> float:
         cfg, rt = self.cfg, self.rt
         lr = lr_at(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
         for group in self.opt.param_groups:
