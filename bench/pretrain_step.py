@@ -26,7 +26,7 @@ from idmm.engine.distributed import setup
 from idmm.engine.trainer import peak_memory_mb
 from idmm.models import count_params
 
-CASES = {
+CPU_CASES = {
     "vit_cpu_small@28 (FMNIST recipe)": {
         "model": "vit_cpu_small",
         "img_size": "28",
@@ -39,9 +39,23 @@ CASES = {
         "batch_size": "32",
     },
 }
+# bench/gpu_check.sh: the paper's shapes at the paper's batch, IDMM and a fine-tuning step
+GPU_CASES = {
+    "deit_tiny@112 IDMM b256": {
+        "model": "deit_tiny_patch16_224",
+        "img_size": "112",
+        "batch_size": "256",
+    },
+    "deit_tiny@224 finetune b256": {
+        "model": "deit_tiny_patch16_224",
+        "img_size": "224",
+        "batch_size": "256",
+        "method": "supervised",
+    },
+}
 
 
-def bench_case(overrides: dict, steps: int, n_images: int = 2040) -> dict:
+def bench_case(overrides: dict, steps: int, n_images: int = 2040, compile: bool = False) -> dict:
     cfg = build_config(
         overrides={**overrides, "data.mean": "0.5,0.5,0.5", "data.std": "0.25,0.25,0.25"}
     )
@@ -49,31 +63,35 @@ def bench_case(overrides: dict, steps: int, n_images: int = 2040) -> dict:
     torch.manual_seed(0)
     method = build_method(cfg, rt, n_images, 10).to(rt.device)
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4, fused=rt.device.type == "cuda")
+    forward = torch.compile(method) if compile else method
     b = cfg.batch_size
     images = torch.randint(
         0, 256, (b, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=rt.device
     )
     idx = torch.arange(b, device=rt.device)
+    labels = idx % 10  # used by the supervised (fine-tuning) case only
     rng, g = np.random.default_rng(0), torch.Generator(device=rt.device).manual_seed(0)
     data_t, model_t = [], []
-    for i in range(steps + 2):  # two warm-up steps
+    for i in range(steps + (5 if compile else 2)):  # warm-up steps (compiling takes several)
         t0 = time.perf_counter()
-        batch = method.prepare(images, idx, None, rng, g)
+        batch = method.prepare(images, idx, labels, rng, g)
         _sync(rt.device)
         t1 = time.perf_counter()
         with rt.autocast():
-            loss, _ = method(batch)
+            loss, _ = forward(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         _sync(rt.device)
-        if i >= 2:
+        if i >= (5 if compile else 2):
             data_t.append(t1 - t0)
             model_t.append(time.perf_counter() - t1)
     step = statistics.median(d + m for d, m in zip(data_t, model_t))
-    crops = cfg.aug.global_crops + cfg.aug.local_crops
+    crops = 1 if cfg.method == "supervised" else cfg.aug.global_crops + cfg.aug.local_crops
     return {
         "model": cfg.model,
+        "method": cfg.method,
+        "compile": compile,
         "img_size": cfg.img_size,
         "local_size": cfg.aug.local_size,
         "params_m": round(count_params(method.backbone) / 1e6, 2),
@@ -97,14 +115,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed steps per model (median)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--cases", choices=["cpu", "gpu"], default="cpu", help="which shapes")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = {name: bench_case(o, args.steps) for name, o in CASES.items()}
-    print(f"{'case':36} {'img/s':>8} {'crops/s':>8} {'data %':>7} {'peak MB':>8}  precision")
+    cases = CPU_CASES if args.cases == "cpu" else GPU_CASES
+    rows = {}
+    for name, o in cases.items():
+        rows[name] = bench_case(o, args.steps)
+        if args.compile:
+            rows[name + " compile"] = bench_case(o, args.steps, compile=True)
+    print(f"{'case':36} {'img/s':>9} {'crops/s':>8} {'data %':>7} {'peak MB':>8}  precision")
     for name, r in rows.items():
         print(
-            f"{name:36} {r['source_images_per_s']:8.1f} {r['crops_per_s']:8.1f} "
+            f"{name:36} {r['source_images_per_s']:9.1f} {r['crops_per_s']:8.1f} "
             f"{100 * r['data_fraction']:6.1f}% {r['peak_memory_mb']:8d}  {r['precision']}"
         )
     if args.json:

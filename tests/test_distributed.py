@@ -25,6 +25,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]  # one process writes the logs
     assert records[-1]["step"] == 2 * (100 // 40)  # 100 images, 2 ranks x 20 per step
     assert (run / "backbone.safetensors").is_file()
+    cfg = (run / "config.yaml").read_text()  # the global batch and the lr scaled by it
+    assert "global_batch_size: 40" in cfg and f"lr: {5e-4 * 40 / 256}" in cfg
 
 
 def test_torchrun_runs_the_whole_pipeline(tmp_path):

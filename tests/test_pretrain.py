@@ -233,3 +233,10 @@ def test_knn_of_a_run_on_another_dataset(tmp_path):
     idmm.pretrain(out=str(run), **dict(TINY, epochs=1))
     knn = idmm.evaluate_knn(run, data=str(tmp_path / "imgs"))  # FMNIST-2040's subset not applied
     assert knn["data"] == str(tmp_path / "imgs") and knn["train_images"] == 8
+
+
+@pytest.mark.slow
+def test_compile_option_trains(tmp_path):
+    """compile=true goes through torch.compile (slow on a CPU: compiling takes most of it)."""
+    r = idmm.pretrain(out=str(tmp_path / "c"), compile=True, **dict(TINY, epochs=1))
+    assert r["pretrain"]["epochs"] == 1 and r["pretrain"]["final_loss"] > 0

@@ -126,8 +126,9 @@ def resolve(cfg: Config, rt: Runtime, data: CachedData | None) -> None:
     cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
     if cfg.aug.local_size is None:
         cfg.aug.local_size = cfg.img_size
+    cfg.global_batch_size = cfg.batch_size * rt.world_size
     if cfg.lr is None:
-        cfg.lr = cfg.base_lr * cfg.batch_size * rt.world_size / 256
+        cfg.lr = cfg.base_lr * cfg.global_batch_size / 256
     cfg.precision, cfg.device = rt.precision, str(rt.device)
     if data is not None and cfg.data.mean is None:
         cfg.data.mean, cfg.data.std = data_stats(data.images)

@@ -140,6 +140,9 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+    compile: bool = False  # torch.compile the training forward (GPU speed; ~30 s per new shape)
+    # Recorded, not set: batch_size x processes (under torchrun), which `lr` was scaled by.
+    global_batch_size: int | None = None
     resume: bool = False  # continue out/checkpoints/last.ckpt exactly
     overwrite: bool = False  # start afresh in an out= that already holds a run
     knn_every: int = 0  # online kNN monitor every N epochs (0 = off); needs labels

@@ -139,7 +139,8 @@ def stage_config(cfg: Config, stage: int, out: Path, world_size: int) -> Config:
     ft.base_lr = f.base_lr if stage == 1 else f.stage2_base_lr
     ft.batch_size, ft.min_lr, ft.weight_decay = f.batch_size, f.min_lr, f.weight_decay
     ft.warmup_epochs, ft.drop_path = f.warmup_epochs, f.drop_path
-    ft.lr = f.lr if stage == 1 and f.lr else ft.base_lr * ft.batch_size * world_size / 256
+    ft.global_batch_size = ft.batch_size * world_size
+    ft.lr = f.lr if stage == 1 and f.lr else ft.base_lr * ft.global_batch_size / 256
     return ft
 
 

@@ -84,8 +84,12 @@ class Trainer:
         self.steps_per_epoch = len(data) // per_step
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        if cfg.compile:
+            self.model = torch.compile(self.model)
         groups = method.param_groups(cfg.lr, cfg.weight_decay)
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=rt.device.type == "cuda")
+        # fp16 (CUDA without bf16) needs loss scaling; bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
         # Small caches live on the training device; augmentation then never leaves it.
         big = data.images.numel() > 2**31
         self.images = data.images if big else data.images.to(rt.device)
@@ -103,6 +107,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "num_images": len(self.data),
             "rng": {"torch": torch.get_rng_state()},
+            "scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
     def save(self) -> None:
@@ -127,6 +132,8 @@ class Trainer:
             )
         self.method.load_state_dict(ckpt["method"])
         self.opt.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.rt.is_main:
@@ -237,10 +244,18 @@ class Trainer:
                 "or use precision=fp32"
             )
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
-        self.opt.step()
+        if self.scaler is None:
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+            self.scaler.step(self.opt)
+            self.scaler.update()
         self.method.on_step_end((self.step + 1) / self.total_steps)
         self.step += 1
         return value
