@@ -169,3 +169,51 @@ def test_bad_arguments(tmp_path):
         build_cache(_folder(tmp_path), 0)
     with pytest.raises(DataError, match="has no images"):
         build_cache(Source("empty", "train", [], None, []), 8)
+
+
+# -- memory-mapped cache --------------------------------------------------------------------------
+def test_memmap_cache_equals_the_in_memory_one_and_is_reused(tmp_path, monkeypatch):
+    make_class_folder(tmp_path / "imgs", {"a": 3, "b": 2})
+    src = open_source(str(tmp_path / "imgs"))
+    ram = build_cache(src, 20)
+    disk = build_cache(src, 20, store=tmp_path / "cache")
+    assert torch.equal(ram.images, disk.images) and torch.equal(ram.labels, disk.labels)
+    files = list((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 1 and not list((tmp_path / "cache").glob(".*tmp"))
+
+    # a second build reads the file: no image is decoded again
+    monkeypatch.setattr(Source, "load", lambda self, i: (_ for _ in ()).throw(AssertionError))
+    again = build_cache(open_source(str(tmp_path / "imgs")), 20, store=tmp_path / "cache")
+    assert torch.equal(again.images, ram.images)
+    monkeypatch.undo()
+
+    # a changed source gets a new file with the new pixels
+    first = sorted((tmp_path / "imgs" / "a").iterdir())[0]
+    time.sleep(0.01)
+    write_image(first, 40)
+    changed = build_cache(open_source(str(tmp_path / "imgs")), 20, store=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert not torch.equal(changed.images[0], ram.images[0])
+
+
+def test_memmap_cache_skips_bad_files_like_the_in_memory_one(tmp_path):
+    make_class_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    (tmp_path / "imgs" / "a" / "a_1.jpg").write_bytes(b"not an image")
+    src = open_source(str(tmp_path / "imgs"))
+    with pytest.warns(UserWarning):
+        ram = build_cache(src, 16, skip_bad=True)
+    with pytest.warns(UserWarning):
+        disk = build_cache(src, 16, skip_bad=True, store=tmp_path / "cache")
+    assert len(disk) == 5 and disk.kept == ram.kept
+    assert torch.equal(disk.images, ram.images) and torch.equal(disk.labels, ram.labels)
+
+
+def test_training_past_the_memory_threshold_uses_the_file(tmp_path):
+    import idmm
+
+    make_class_folder(tmp_path / "imgs", {"a": 4, "b": 4})
+    idmm.pretrain(data=str(tmp_path / "imgs"), out=str(tmp_path / "run"), model="vit_test",
+                  img_size=28, epochs=1, batch_size=4, threads=2, progress="log",
+                  **{"data.memmap_gb": 0.0, "data.cache_dir": str(tmp_path / "cache")})  # fmt: skip
+    assert len(list((tmp_path / "cache").glob("*28px*.npy"))) == 1
+    assert (tmp_path / "run" / "backbone.safetensors").is_file()

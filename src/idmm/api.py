@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from . import models
 from .config import (
@@ -29,6 +31,7 @@ from .config import (
     set_key,
     to_dict,
 )
+from .data import memmap
 from .data.cache import CachedData, build_cache
 from .data.sources import DataError, open_source, subset_per_class
 from .engine.checkpoint import update_results
@@ -52,13 +55,29 @@ def make_config(config: Config | str | Path | None = None, **overrides: Any) -> 
 
 
 # -- data ----------------------------------------------------------------------------------------
+def cached(cfg: Config, src, size: int, progress: bool = False) -> CachedData:
+    """The decoded cache: in memory, or past data.memmap_gb a memory-mapped file that the first
+    process of each node builds while the others wait, then all of them map."""
+    if len(src) * 3 * size * size <= cfg.data.memmap_gb * 2**30:
+        return build_cache(src, size, cfg.data.skip_bad, progress)
+    store = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else memmap.DEFAULT_DIR
+    ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    first = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if ranks and not first:
+        dist.barrier()  # wait for this node's first process to build the file
+    data = build_cache(src, size, cfg.data.skip_bad, progress and first, store)
+    if ranks and first:
+        dist.barrier()
+    return data
+
+
 def load_train_data(cfg: Config, progress: bool = False) -> CachedData:
     src = open_source(cfg.data.source, "train", cfg.data.root)
     if src is None:
         raise DataError(f"{cfg.data.source} has no training split")
     if cfg.data.subset_per_class:
         src = subset_per_class(src, cfg.data.subset_per_class, cfg.data.subset_seed)
-    data = build_cache(src, cfg.data.cache_size or cfg.img_size, cfg.data.skip_bad, progress)
+    data = cached(cfg, src, cfg.data.cache_size or cfg.img_size, progress)
     if len(data) < len(src):  # the warning lists them; train.log keeps the count
         kept = set(data.kept)
         skipped = [src.describe(i) for i in range(len(src)) if i not in kept]
@@ -75,11 +94,11 @@ def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
     (train, test, split name); with a hold-out, `train` loses the held-out images.
     """
     if cfg.data.val:
-        val = build_cache(open_source(cfg.data.val), train.size, cfg.data.skip_bad, progress)
+        val = cached(cfg, open_source(cfg.data.val), train.size, progress)
         return train, _relabel(val, train.classes, cfg.data.val), "val"
     src = open_source(cfg.data.source, "test", cfg.data.root)
     if src is not None:
-        return train, build_cache(src, train.size, cfg.data.skip_bad, progress), "test"
+        return train, cached(cfg, src, train.size, progress), "test"
     if train.labels is None:
         raise DataError(f"{cfg.data.source} has no labels, so it cannot be evaluated")
     rng = np.random.default_rng(cfg.seed)

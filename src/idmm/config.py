@@ -35,6 +35,10 @@ class DataConfig:
     subset_seed: int = 0
     skip_bad: bool = False  # skip unreadable images with a warning instead of failing
     cache_size: int | None = None  # decode resolution; None = the training image size
+    # A decoded set larger than this many GiB goes to a memory-mapped file in cache_dir
+    # (default ~/.cache/idmm or $IDMM_CACHE), built once and reused while the source is unchanged.
+    memmap_gb: float = 4.0
+    cache_dir: str | None = None
     # A folder or CSV to evaluate on when the dataset has no test split of its own; without
     # one, a seeded stratified 20% of the training images is held out.
     val: str | None = None

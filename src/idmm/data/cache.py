@@ -10,6 +10,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from PIL.Image import Image
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
+from idmm.data import memmap
 from idmm.data.sources import DataError, Source
 
 _MAX_LISTED = 20  # bad files named in one error message
@@ -47,29 +49,43 @@ def fit(image: Image | torch.Tensor, size: int) -> Image | torch.Tensor:
 
 
 def build_cache(
-    src: Source, size: int, skip_bad: bool = False, progress: bool = False
+    src: Source,
+    size: int,
+    skip_bad: bool = False,
+    progress: bool = False,
+    store: str | Path | None = None,
 ) -> CachedData:
     """Decode, resize and centre-crop every image of `src` once; see `fit`.
 
     Unreadable files are collected over the whole pass and reported together: a DataError,
-    or with skip_bad=True a warning, and they are left out (labels follow).
+    or with skip_bad=True a warning, and they are left out (labels follow). With `store` (a
+    directory) the images live in a memory-mapped file there, reused while the source is
+    unchanged (`memmap.py`); otherwise in memory.
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise DataError(f"image size must be a positive integer, got {size!r}")
     size = int(size)
     if len(src) == 0:
         raise DataError(f"{src.name} [{src.split}] has no images")
-    if src.array is not None:
-        images, kept = _from_array(src, size, progress), list(range(len(src)))
+    def fill(out: torch.Tensor) -> list[int]:
+        if src.array is not None:
+            _from_array(src, size, progress, out)
+            return list(range(len(src)))
+        return _from_files(src, size, skip_bad, progress, out)
+
+    if store is not None:
+        images, kept, _ = memmap.load_or_build(src, size, Path(store), fill)
     else:
-        images, kept = _from_files(src, size, skip_bad, progress)
+        images = torch.empty((len(src), 3, size, size), dtype=torch.uint8)
+        kept = fill(images)
+        images = images[: len(kept)]
     labels = None
     if src.labels is not None:
         labels = torch.tensor([src.labels[i] for i in kept], dtype=torch.int64)
     return CachedData(images, labels, list(src.classes), size, src.name, kept)
 
 
-def _from_array(src: Source, size: int, progress: bool) -> torch.Tensor:
+def _from_array(src: Source, size: int, progress: bool, out: torch.Tensor) -> None:
     """In-memory datasets: resize whole chunks with torch instead of image by image."""
     array = src.array
     gray = array.ndim == 3
@@ -79,20 +95,18 @@ def _from_array(src: Source, size: int, progress: bool) -> torch.Tensor:
             f"got {array.dtype} {array.shape}"
         )
     indices = np.asarray(src.items, dtype=np.int64)
-    out = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
     starts = range(0, len(indices), _CHUNK)
     for start in tqdm(starts, disable=not progress, desc=f"resizing {src.name}", unit="chunk"):
         chunk = torch.from_numpy(array[indices[start : start + _CHUNK]])  # fancy index: a copy
         chunk = chunk.unsqueeze(1) if gray else chunk.permute(0, 3, 1, 2)
         # A 1-channel result broadcasts to 3 identical channels, as PIL's L -> RGB does.
         out[start : start + len(chunk)] = fit(chunk, size)
-    return out
 
 
 def _from_files(
-    src: Source, size: int, skip_bad: bool, progress: bool
-) -> tuple[torch.Tensor, list[int]]:
-    out = torch.empty((len(src), 3, size, size), dtype=torch.uint8)
+    src: Source, size: int, skip_bad: bool, progress: bool, out: torch.Tensor
+) -> list[int]:
+    """Decode into `out`; the kept images end up in its first rows, their indices returned."""
 
     def decode(i: int) -> Exception | None:
         try:
@@ -109,7 +123,7 @@ def _from_files(
         errors = list(tqdm(results, total=len(src), disable=not progress, desc=desc))
     bad = [(i, error) for i, error in enumerate(errors) if error is not None]
     if not bad:
-        return out, list(range(len(src)))
+        return list(range(len(src)))
     listed = "\n".join(
         f"  {src.describe(i)}: {type(e).__name__}: {e}" for i, e in bad[:_MAX_LISTED]
     )
@@ -123,4 +137,7 @@ def _from_files(
     warnings.warn(f"{report}\nskipping them (data.skip_bad=true)", stacklevel=3)
     bad_set = {i for i, _ in bad}
     kept = [i for i in range(len(src)) if i not in bad_set]
-    return out[kept], kept
+    for j, i in enumerate(kept):  # compact in place (also in a memory-mapped file); i >= j
+        if i != j:
+            out[j] = out[i]
+    return kept
