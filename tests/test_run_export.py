@@ -142,3 +142,14 @@ def test_knn_then_linear_compute_the_features_once(run_dir, monkeypatch):
     assert len(calls) == 2
     idmm.evaluate_knn(run_dir / "pretrain", seed=1)  # another holdout seed: new features
     assert len(calls) == 4
+
+
+def test_resuming_a_finished_run_keeps_its_numbers(run_dir, capsys):
+    before = json.loads((run_dir / "results.json").read_text())
+    assert main(["run", *ARGS, f"out={run_dir}", "resume=true"]) == 0
+    after = json.loads((run_dir / "results.json").read_text())
+    for key in ("finetune", "scratch"):
+        assert after[key]["top1"] == before[key]["top1"]
+        assert after[key]["epochs"] == before[key]["epochs"]
+        assert after[key]["time_s"] == before[key]["time_s"]
+    assert "| 2 + 2 |" in capsys.readouterr().out

@@ -227,6 +227,11 @@ def train_stage(cfg, rt, stage, train, test, split, out: Path, weights, log) -> 
     summary = Trainer(ft, method, train, rt, out, log, [monitor]).fit()
     if not rt.is_main:
         return {}
+    if not summary:  # a finished run resumed: keep what its training measured
+        path = out / "results.json"
+        before = json.loads(path.read_text()).get("finetune", {}) if path.is_file() else {}
+        keep = ("epochs", "final_loss", "time_s", "images_per_s", "peak_memory_mb")
+        summary = {k: before[k] for k in keep if k in before}
     logits = monitor.logits if monitor.epoch == ft.epochs else monitor.evaluate()
     result = classification_report(logits, test, split, out)
     result.update(summary, init=str(weights) if weights else None, img_size=ft.img_size)
