@@ -35,7 +35,7 @@ from .data import memmap
 from .data.cache import CachedData, build_cache
 from .data.sources import DataError, open_source, subset_per_class
 from .engine.checkpoint import update_results
-from .engine.distributed import Runtime, setup
+from .engine.distributed import Runtime, barrier, setup
 from .engine.log import LOGGER, append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
@@ -254,6 +254,7 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
         if summary:  # empty when a finished run was resumed
             results = update_results(run_dir, "pretrain", summary)
         log.info(f"pre-training done; backbone at {run_dir / 'backbone.safetensors'}")
+    barrier(rt)  # evaluations and fine-tuning on other ranks read the backbone file
     return results
 
 

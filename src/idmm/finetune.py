@@ -31,7 +31,7 @@ from .config import Config, ConfigError, save_yaml
 from .data.cache import CachedData
 from .data.sources import DataError
 from .engine.checkpoint import update_results
-from .engine.distributed import Runtime, setup
+from .engine.distributed import Runtime, barrier, setup
 from .engine.log import append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
@@ -225,8 +225,16 @@ def train_stage(cfg, rt, stage, train, test, split, out: Path, weights, log) -> 
     )
     monitor = TestMonitor(ft, model, test, split, rt)
     summary = Trainer(ft, method, train, rt, out, log, [monitor]).fit()
+    result = finish_stage(ft, rt, monitor, summary, train, test, split, out, weights, log)
+    barrier(rt)  # the next stage or command reads what rank 0 just wrote
+    return result
+
+
+def finish_stage(ft, rt, monitor, summary, train, test, split, out, weights, log) -> dict:
+    """Rank 0: the final evaluation, report, model file and results of one stage."""
     if not rt.is_main:
         return {}
+    model = monitor.model
     if not summary:  # a finished run resumed: keep what its training measured
         path = out / "results.json"
         before = json.loads(path.read_text()).get("finetune", {}) if path.is_file() else {}

@@ -76,6 +76,12 @@ def setup(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(rank, world, local, dev, resolve_precision(precision, dev))
 
 
+def barrier(rt: Runtime) -> None:
+    """Wait for every process (no-op for one): what rank 0 wrote is there after it."""
+    if rt.distributed:
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
