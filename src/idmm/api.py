@@ -219,15 +219,28 @@ def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime):
     return hook
 
 
-def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dict:
-    """Self-supervised pre-training (IDMM by default) into the run directory `out`."""
-    cfg = make_config(config, **overrides)
+def runtime(cfg: Config) -> Runtime:
+    """Device, precision and processes from the environment; the CPU thread count."""
     rt = setup(cfg.device, cfg.precision)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    return rt
+
+
+def start_run(cfg: Config) -> tuple[Runtime, Path, Any]:
+    """What every training command does first: the runtime, the checked run directory, its
+    log, and the model and size resolved from the data."""
+    rt = runtime(cfg)
     run_dir = prepare_run_dir(cfg, rt)
     log = setup_logging(run_dir, rt.is_main)
     cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
+    return rt, run_dir, log
+
+
+def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dict:
+    """Self-supervised pre-training (IDMM by default) into the run directory `out`."""
+    cfg = make_config(config, **overrides)
+    rt, run_dir, log = start_run(cfg)
     data = load_train_data(cfg, progress=rt.is_main and use_bar(cfg.progress))
     resolve(cfg, rt, data)
     if get_method(cfg.method).needs_labels and data.labels is None:
@@ -300,9 +313,7 @@ def frozen_features(checkpoint: str | Path, overrides: dict[str, Any]):
         cfg.data.subset_per_class, cfg.data.root = None, None
     for k, v in overrides.items():
         set_key(cfg, k, v)
-    rt = setup(cfg.device, cfg.precision)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    rt = runtime(cfg)
     log = setup_logging(run_dir, rt.is_main)
     weights = run_dir / "backbone.safetensors"
     if not weights.is_file():

@@ -60,12 +60,19 @@ def find_model(path: str | Path) -> Path:
     )
 
 
-def describe(meta: dict[str, str]) -> dict:
-    """The timm recipe of a weights file: architecture, arguments, classes, preprocessing."""
+def build(meta: dict[str, str]) -> nn.Module:
+    """The (untrained) timm model a weights file written by idmm belongs to."""
+    classes = json.loads(meta.get("classes", "[]"))
+    return models.create_backbone(meta["model"], int(meta["img_size"]), num_classes=len(classes))
+
+
+def describe(meta: dict[str, str], model: nn.Module) -> dict:
+    """The timm recipe of a weights file (and its `model`, from `build`): architecture,
+    arguments, classes, preprocessing."""
     classes = json.loads(meta.get("classes", "[]"))
     kwargs = dict(json.loads(meta["timm_kwargs"]), num_classes=len(classes))
     img_size = int(meta["img_size"])
-    if models.patch_size(models.create_backbone(meta["model"], img_size)) is not None:
+    if models.patch_size(model) is not None:
         kwargs["img_size"] = img_size  # ViTs; CNNs and PVTs take no img_size
     crop = float(meta.get("eval_crop", 1.0))
     return {
@@ -88,7 +95,8 @@ def describe(meta: dict[str, str]) -> dict:
 def export(run: str | Path, out: str | Path | None = None) -> Path:
     """Write model.safetensors + model.json for `run` into `out` (default RUN/export)."""
     weights = find_model(run)
-    info = describe(read_meta(weights))
+    meta = read_meta(weights)
+    info = describe(meta, build(meta))
     out_dir = Path(out) if out else Path(run) / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.safetensors"
@@ -105,10 +113,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     preprocessing (mean, std, input_size, crop_pct) and `label_names` (fine-tuned models)."""
     weights = find_model(path)
     meta = read_meta(weights)
-    info = describe(meta)
-    model = models.create_backbone(
-        meta["model"], int(meta["img_size"]), num_classes=info["kwargs"]["num_classes"]
-    )
+    model = build(meta)
+    info = describe(meta, model)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:
         raise ConfigError(

@@ -24,15 +24,15 @@ from .api import (
     load_test_data,
     load_train_data,
     make_config,
-    prepare_run_dir,
     resolve,
+    start_run,
 )
 from .config import Config, ConfigError, save_yaml
 from .data.cache import CachedData
 from .data.sources import DataError
-from .engine.checkpoint import update_results
-from .engine.distributed import Runtime, barrier, setup
-from .engine.log import append_metrics, setup_logging, use_bar
+from .engine.checkpoint import read_results, update_results
+from .engine.distributed import Runtime, barrier
+from .engine.log import append_metrics, read_metrics, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
 from .eval.linear import linear_probe
@@ -58,12 +58,7 @@ def run_finetune(cfg: Config) -> dict:
     if f.init:
         weights = find_weights(f.init)
         adopt_pretrained(cfg, read_meta(weights), weights)
-    rt = setup(cfg.device, cfg.precision)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run_dir = prepare_run_dir(cfg, rt)
-    log = setup_logging(run_dir, rt.is_main)
-    cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
+    rt, run_dir, log = start_run(cfg)
     f.img_size = f.img_size or cfg.img_size
     if cfg.data.cache_size is None:  # big enough for the evaluation's resize-then-crop
         cfg.data.cache_size = round(max(f.img_size, f.stage2_img_size or 0) / f.eval_crop)
@@ -236,8 +231,7 @@ def finish_stage(ft, rt, monitor, summary, train, test, split, out, weights, log
         return {}
     model = monitor.model
     if not summary:  # a finished run resumed: keep what its training measured
-        path = out / "results.json"
-        before = json.loads(path.read_text()).get("finetune", {}) if path.is_file() else {}
+        before = read_results(out).get("finetune", {})
         keep = ("epochs", "final_loss", "time_s", "images_per_s", "peak_memory_mb")
         summary = {k: before[k] for k in keep if k in before}
     logits = monitor.logits if monitor.epoch == ft.epochs else monitor.evaluate()
@@ -258,12 +252,7 @@ def finish_stage(ft, rt, monitor, summary, train, test, split, out, weights, log
 def classification_report(logits, test: CachedData, split: str, out: Path) -> dict:
     """Top-1 (last epoch), best top-1 over the run, top-5, per-class accuracy, confusion plot."""
     top1, top5 = topk_accuracy(logits, test.labels, (1, 5))
-    history = [
-        json.loads(line)
-        for line in (out / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    seen = [r[f"{split}_top1"] for r in history if f"{split}_top1" in r]
+    seen = [r[f"{split}_top1"] for r in read_metrics(out) if f"{split}_top1" in r]
     matrix = plots.confusion_matrix(test.labels, logits.argmax(1), len(test.classes))
     per_class = plots.per_class_accuracy(matrix)
     plots.plot_confusion(matrix, test.classes, out / "plots" / "confusion.png")

@@ -14,7 +14,6 @@ config.yaml, results.json, report.md and plots/ at the top.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 from . import plots
 from .api import evaluate_knn, evaluate_linear, make_config, pretrain
 from .config import Config, save_yaml
-from .engine.checkpoint import write_json
+from .engine.checkpoint import read_results, write_json
+from .engine.log import read_metrics
 from .finetune import run_finetune
 
 SUMMARY_KEYS = ("top1", "top1_best", "top5", "time_s", "epochs")
@@ -39,7 +39,7 @@ def run(config: Config | str | Path | None = None, **overrides: Any) -> dict:
     if cfg.threads:
         where["threads"] = cfg.threads
     results: dict[str, Any] = {
-        "pretrain": _load_results(out / "pretrain").get("pretrain", {}),
+        "pretrain": read_results(out / "pretrain").get("pretrain", {}),
         "knn": evaluate_knn(out / "pretrain", **where),
         "linear": evaluate_linear(out / "pretrain", **where),
     }
@@ -65,18 +65,6 @@ def _stage(cfg: Config, pre: Config, out: Path) -> Config:
     c.data.mean, c.data.std = pre.data.mean, pre.data.std
     c.device, c.precision = pre.device, pre.precision
     return c
-
-
-def _load_results(run_dir: Path) -> dict:
-    path = run_dir / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _pct(x: float | None) -> str:
@@ -112,14 +100,14 @@ def write_report(out: Path, cfg: Config, results: dict) -> Path:
     # many epochs in total) lines up with the IDMM curves on one axis
     shift = cfg.epochs
     runs = {
-        "IDMM pre-training": _metrics(out / "pretrain"),
+        "IDMM pre-training": read_metrics(out / "pretrain"),
         "fine-tuning": [
             {**r, "epoch": r["epoch"] + shift} if "epoch" in r else r
-            for r in _metrics(out / "finetune")
+            for r in read_metrics(out / "finetune")
         ],
     }
     if (out / "scratch").is_dir():
-        runs["supervised from scratch"] = _metrics(out / "scratch")
+        runs["supervised from scratch"] = read_metrics(out / "scratch")
     plots.plot_curves(runs, out / "plots" / "curves.png", title=f"{cfg.data.source}")
     ft = results["finetune"]
     knn, lin = results["knn"], results["linear"]

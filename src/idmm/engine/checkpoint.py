@@ -61,10 +61,15 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def read_results(run_dir: str | Path) -> dict:
+    """run_dir/results.json, or {} before the first evaluation."""
+    path = Path(run_dir) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def update_results(run_dir: str | Path, key: str, value: dict) -> dict:
     """Merge one evaluation's numbers into run_dir/results.json (one entry per evaluation)."""
-    path = Path(run_dir) / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = read_results(run_dir)
     results[key] = value
-    write_json(path, results)
+    write_json(Path(run_dir) / "results.json", results)
     return results

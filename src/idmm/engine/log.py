@@ -38,14 +38,17 @@ def use_bar(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of run_dir/metrics.jsonl, in order ([] before the first)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def drop_metrics_after(run_dir: Path, epoch: int) -> None:
     """On resume: forget epoch records newer than the checkpoint (they will be recomputed)."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("epoch", 0) <= epoch
-    ]
-    path.write_text("".join(line + "\n" for line in keep))
+    if path.is_file():
+        keep = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
