@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,12 +48,12 @@ def test_torchrun_runs_the_whole_pipeline(tmp_path):
     assert (out / "report.md").is_file()
 
 
-def _pretrain(out, nproc, batch):
+def _pretrain(out, nproc, batch, method):
     env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
     args = ["pretrain", "data=fashion-mnist", "subset_per_class=8", "model=vit_test", "epochs=2",
             f"batch_size={batch}", "threads=1", f"out={out}", "progress=log", "precision=fp32",
             "drop_path=0", "idmm.cutmix_p=0", "aug.local_size=16", "idmm.head_init=imprint",
-            "lr=1e-3", "knn_every=0"]  # fmt: skip
+            "lr=1e-3", "knn_every=0", f"method={method}"]  # fmt: skip
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
     cmd = [sys.executable, *(launcher if nproc > 1 else []), "-m", "idmm", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -61,12 +62,14 @@ def _pretrain(out, nproc, batch):
     return losses, load_file(str(out / "backbone.safetensors"))
 
 
-def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path):
+@pytest.mark.parametrize("method", ["idmm", "simclr"])
+def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path, method):
     """2 ranks x batch 10 follow 1 process x batch 20: the same crops (augmentation draws do not
-    depend on the split), gradients averaged by DDP. Drop-path and CutMix partners are per-rank
-    by design, so they are off here; fp32 so only summation order differs."""
-    one_loss, one = _pretrain(tmp_path / "one", 1, 20)
-    two_loss, two = _pretrain(tmp_path / "two", 2, 10)
+    depend on the split), gradients averaged by DDP; for SimCLR the negatives and positives are
+    gathered across ranks with gradients. Drop-path and CutMix partners are per-rank by design,
+    so they are off here; fp32 so only summation order differs."""
+    one_loss, one = _pretrain(tmp_path / "one", 1, 20, method)
+    two_loss, two = _pretrain(tmp_path / "two", 2, 10, method)
     assert len(one_loss) == 2 and all(abs(a - b) < 1e-4 for a, b in zip(one_loss, two_loss))
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-4, rtol=1e-4), k

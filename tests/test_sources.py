@@ -330,3 +330,17 @@ def test_unknown_name_has_hint():
         open_source("flower102")
     for name in ("fashion-mnist", "fmnist", "cub200", "indoor67", "stanford-cars"):
         assert name in str(info.value)
+
+
+def test_builtin_small_datasets():
+    """sklearn-digits: a fixed stratified 80/20 split of the 1,797 digits, disjoint and
+    complete; fmnist-2040: 204 images per class, the full test split."""
+    train, test = open_source("sklearn-digits", "train"), open_source("digits", "test")
+    assert len(train) + len(test) == 1797 and not set(train.items) & set(test.items)
+    assert sorted(set(test.labels)) == list(range(10)) and len(test) == 355
+    img = train.load(0)
+    assert img.size == (8, 8) and img.mode == "RGB" and max(img.getdata())[0] > 200
+    fm = open_source("fmnist-2040", "train")
+    assert len(fm) == 2040 and all(fm.labels.count(c) == 204 for c in range(10))
+    assert fm.items == subset_per_class(open_source("fashion-mnist"), 204, seed=0).items
+    assert len(open_source("fmnist2040", "test")) == 10000

@@ -149,6 +149,8 @@ def resolve(cfg: Config, rt: Runtime, data: CachedData | None) -> None:
     if cfg.lr is None:
         cfg.lr = cfg.base_lr * cfg.global_batch_size / 256
     cfg.precision, cfg.device = rt.precision, str(rt.device)
+    if cfg.method == "dino" and cfg.dino.out_dim is None:
+        cfg.dino.out_dim = 65536 if rt.device.type == "cuda" else 4096  # the paper's on a GPU
     if data is not None and cfg.data.mean is None:
         cfg.data.mean, cfg.data.std = data_stats(data.images)
     elif cfg.data.mean is None:
@@ -247,7 +249,7 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
         raise DataError(f"method={cfg.method} needs labels; {cfg.data.source} has none")
     torch.manual_seed(cfg.seed)  # the initial weights; DDP then broadcasts rank 0's
     method = build_method(cfg, rt, len(data), len(data.classes))
-    backbone = method.backbone
+    backbone = method.representation()  # DINO: the teacher; supervised: the pre-logits
     hooks = []
     if cfg.knn_every and data.labels is not None:
         hooks.append(knn_monitor(cfg, backbone, data, rt))

@@ -78,6 +78,31 @@ class IDMMConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """SimCLR and SupCon: one multi-positive InfoNCE loss on projected, L2-normalised features."""
+
+    temperature: float = 0.2
+    proj_hidden_dim: int = 512  # projection MLP: Linear, ReLU, Linear (no BatchNorm: with
+    proj_dim: int = 128  # several processes it would make K x B differ from 1 x K*B)
+
+
+@dataclass
+class DINOConfig:
+    """DINO (Caron et al. 2021) as the paper's baseline: teacher temperature 0.04, momentum
+    0.996; its crops (112 px, globals (0.4, 1), 2 locals) are in configs/paper/*dino*.yaml."""
+
+    out_dim: int | None = None  # prototypes; None = 65536 on CUDA (the paper's), 4096 on CPU
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this
+    warmup_teacher_temp_epochs: int = 0  # ... over this many epochs
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # EMA momentum, raised to 1 on a cosine over training
+
+
+@dataclass
 class FinetuneConfig:
     """Supervised fine-tuning (DeiT recipe, as the paper). Also the from-scratch baseline."""
 
@@ -159,6 +184,8 @@ class Config:
     baseline: bool = False
     aug: AugConfig = field(default_factory=AugConfig)
     idmm: IDMMConfig = field(default_factory=IDMMConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
 
@@ -350,6 +377,12 @@ def validate(cfg: Config) -> None:
         ("lr", cfg.lr is None or cfg.lr > 0, "positive (or none for base_lr x batch / 256)"),
         ("img_size", cfg.img_size is None or cfg.img_size >= 4, "at least 4 (or none)"),
         ("idmm.imprint_temperature", cfg.idmm.imprint_temperature > 0, "positive"),
+        ("contrastive.temperature", cfg.contrastive.temperature > 0, "positive"),
+        ("dino.student_temp", cfg.dino.student_temp > 0, "positive"),
+        ("dino.teacher_temp", cfg.dino.teacher_temp > 0, "positive"),
+        ("dino.warmup_teacher_temp", cfg.dino.warmup_teacher_temp > 0, "positive"),
+        ("dino.momentum_teacher", 0 <= cfg.dino.momentum_teacher <= 1, "in [0, 1]"),
+        ("dino.center_momentum", 0 <= cfg.dino.center_momentum <= 1, "in [0, 1]"),
         ("finetune.epochs", cfg.finetune.epochs >= 1, "at least 1"),
         ("finetune.batch_size", cfg.finetune.batch_size >= 1, "at least 1"),
         ("finetune.label_smoothing", 0 <= cfg.finetune.label_smoothing < 1, "in [0, 1)"),

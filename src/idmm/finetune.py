@@ -139,17 +139,6 @@ def stage_config(cfg: Config, stage: int, out: Path, world_size: int) -> Config:
     return ft
 
 
-class PreLogits(torch.nn.Module):
-    """A timm classifier's head input (its `pre_logits` features), for probing the head."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-
-
 @torch.no_grad()
 def probe_head(cfg: Config, model, train: CachedData, rt: Runtime) -> float:
     """LP-FT (Kumar et al., ICLR 2022): start the new head at a linear probe of the loaded
@@ -163,7 +152,8 @@ def probe_head(cfg: Config, model, train: CachedData, rt: Runtime) -> float:
         )
 
     args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)
-    feats = extract_features(PreLogits(model), train.images, *args, crop=cfg.finetune.eval_crop)
+    crop = cfg.finetune.eval_crop
+    feats = extract_features(models.PreLogits(model), train.images, *args, crop=crop)
     lc = cfg.linear
     out = linear_probe(feats, train.labels, feats, train.labels, len(train.classes),
                        lrs=tuple(lc.lrs), epochs=lc.epochs, val_fraction=lc.val_fraction,

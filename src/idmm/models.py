@@ -34,12 +34,14 @@ PRESETS: dict[str, tuple[str, dict]] = {
 }
 
 # Small, low-resolution datasets get the CPU preset at their native size by default.
-SMALL_DATASETS = {"fashion-mnist": 28, "fmnist": 28}
+# (8x8 digits are upsampled to 16 px: a 4x4 token grid at patch 4)
+SMALL_DATASETS = {"fashion-mnist": 28, "fmnist": 28, "fmnist-2040": 28, "fmnist2040": 28,
+                  "sklearn-digits": 16, "digits": 16}  # fmt: skip
 
 
 def resolve_model(model: str, img_size: int | None, source: str) -> tuple[str, int]:
     """Resolve `model=auto` and `img_size=None` (logged in the run's config.yaml)."""
-    small = SMALL_DATASETS.get(source)
+    small = SMALL_DATASETS.get(str(source).strip().lower().replace("_", "-"))
     if model == "auto":
         model = "vit_cpu_small" if small else "deit_tiny_patch16_224"
     if img_size is None:
@@ -105,9 +107,26 @@ def patch_size(model: nn.Module) -> int | None:
     return ps[0] if isinstance(ps, (tuple, list)) else ps
 
 
+class PreLogits(nn.Module):
+    """A timm classifier's head input (its `pre_logits` features): the representation of a
+    supervised model, which `save_backbone` writes without the classifier."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
 def save_backbone(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> None:
     """Weights only, timm parameter names, written atomically."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, PreLogits):
+        drop = head_names(model.model)
+        state = {k: v for k, v in model.model.state_dict().items() if k not in drop}
+    else:
+        state = model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     data = safetensors_bytes(state, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
 

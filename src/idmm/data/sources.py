@@ -237,8 +237,39 @@ def _open_fashion_mnist(split: str, root: str | None) -> Source:
     return Source("fashion-mnist", split, items, labels.astype(int).tolist(), classes, images)
 
 
-_ALIASES = {"fmnist": "fashion-mnist"}
-DATASET_NAMES = sorted(["fashion-mnist", *LAYOUTS])
+def _open_sklearn_digits(split: str) -> Source:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (they ship inside its wheel).
+
+    The set has no test split of its own; a fixed, seeded, stratified 20% of it is this
+    source's test split, so pre-training on `train` never sees a test image under any command.
+    """
+    try:  # scikit-learn is a dependency; a trimmed install may lack it
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("data=sklearn-digits needs scikit-learn; pip install scikit-learn") from None  # noqa: E501
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 grey levels
+    labels = digits.target.astype(int)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        test[np.random.default_rng([0, c]).permutation(members)[: len(members) // 5]] = True
+    keep = np.flatnonzero(test if split == "test" else ~test).tolist()
+    classes = [str(c) for c in range(10)]
+    return Source("sklearn-digits", split, keep, labels[keep].tolist(), classes, images)
+
+
+def _open_fmnist_2040(split: str, root: str | None) -> Source:
+    """FMNIST-2040, the small-data protocol: 204 training images per class (seed 0) of
+    Fashion-MNIST's train split; the full 10,000-image test split."""
+    src = _open_fashion_mnist(split, root)
+    if split == "train":
+        src = subset_per_class(src, 204, seed=0)
+    return Source("fmnist-2040", split, src.items, src.labels, src.classes, src.array)
+
+
+_ALIASES = {"fmnist": "fashion-mnist", "fmnist2040": "fmnist-2040", "digits": "sklearn-digits"}
+DATASET_NAMES = sorted(["fashion-mnist", "fmnist-2040", "sklearn-digits", *LAYOUTS])
 
 
 # --------------------------------------------------------------------------- public API
@@ -256,8 +287,11 @@ def open_source(spec: str, split: str = "train", root: str | None = None) -> Sou
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     key = spec.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
-    if key == "fashion-mnist":
-        return _open_fashion_mnist(split, None if root is None else os.path.expanduser(root))
+    if key in ("fashion-mnist", "fmnist-2040"):
+        root = None if root is None else os.path.expanduser(root)
+        return (_open_fashion_mnist if key == "fashion-mnist" else _open_fmnist_2040)(split, root)
+    if key == "sklearn-digits":
+        return _open_sklearn_digits(split)
     if key in OPENERS:
         if root is None:
             raise DataError(f"dataset {key} needs data.root=DIR containing {LAYOUTS[key]}")

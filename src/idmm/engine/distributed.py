@@ -93,3 +93,43 @@ def all_reduce_mean(value: float, rt: Runtime) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=rt.device)
     dist.all_reduce(t)
     return float(t.item()) / rt.world_size
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every process's `x`, concatenated in rank order, with gradients flowing back to each
+    process's own rows (the contrastive losses' negatives come from the whole global batch)."""
+    if rank_and_world()[1] == 1:
+        return x
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x))
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every process's `x` concatenated in rank order, without gradients."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of `x` over processes (a new tensor; `x` is unchanged)."""
+    if rank_and_world()[1] == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x

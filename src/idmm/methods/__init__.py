@@ -5,12 +5,18 @@ from __future__ import annotations
 import difflib
 
 from .base import Method
+from .dino import DINO
 from .idmm import IDMM
+from .simclr import SimCLR
+from .supcon import SupCon
 from .supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "idmm": IDMM,
-    "supervised": Supervised,
+    "simclr": SimCLR,
+    "supcon": SupCon,
+    "dino": DINO,
+    "supervised": Supervised,  # labels as targets, the fine-tuning recipe (finetune.* keys)
 }
 
 

@@ -53,6 +53,11 @@ class Method(nn.Module):
             }
         ]
 
+    def representation(self) -> nn.Module:
+        """The network whose output is the learned representation: what the kNN monitor
+        evaluates and `backbone.safetensors` holds."""
+        return self.backbone
+
     @classmethod
     def build_views(cls, cfg: Config):
         """The batched augmentation that turns a uint8 batch into this method's inputs."""

@@ -15,6 +15,7 @@ import torch
 from ..data.augment import FinetuneView
 from ..data.mixing import cutmix, mixup
 from ..losses import mixed_soft_ce
+from ..models import PreLogits
 from .base import Method
 
 
@@ -40,6 +41,10 @@ class Supervised(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def representation(self):
+        # `idmm pretrain method=supervised`: the features before the classifier
+        return PreLogits(self.backbone)
 
     @torch.no_grad()
     def prepare(self, images, indices, labels, rng: np.random.Generator, g: torch.Generator):

@@ -1,0 +1,108 @@
+"""DINO (Caron et al. 2021), the paper's self-distillation baseline.
+
+A student (backbone + head) sees every crop; a teacher, the student's exponential moving average,
+sees the global crops. The student matches the teacher's sharpened (low temperature), centred
+output distribution over `dino.out_dim` prototypes, for every pair of a teacher crop and a
+different student crop. Centring (subtracting a running mean of the teacher's outputs) and
+sharpening together keep the outputs from collapsing to one prototype or to uniform. The teacher
+is what `backbone.safetensors` holds, as DINO evaluates it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.distributed import all_reduce_sum, rank_and_world
+from .base import Method
+
+
+class DINOHead(nn.Module):
+    """3-layer MLP, L2-normalised bottleneck, then prototypes with unit-norm weights (DINO's
+    weight-normalised last layer with its gain fixed at 1)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )  # fmt: skip
+        self.prototypes = nn.Parameter(torch.randn(out_dim, bottleneck_dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(x, F.normalize(self.prototypes, dim=-1))
+
+
+class DINO(Method):
+    def __init__(self, cfg, backbone, num_images, num_classes, views):
+        super().__init__(cfg, backbone, num_images, num_classes, views)
+        c = cfg.dino
+        dim = c.out_dim or 4096  # resolved (65536 on CUDA) before a run; 4096 in bare tests
+        self.head = DINOHead(backbone.num_features, dim, c.hidden_dim, c.bottleneck_dim)
+        self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": backbone, "head": self.head}))
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, dim))
+        self.epoch = 0
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # no drop-path in the teacher
+        return self
+
+    def representation(self) -> nn.Module:
+        return self.teacher["backbone"]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def teacher_temp(self) -> float:
+        c = self.cfg.dino
+        if self.epoch >= c.warmup_teacher_temp_epochs:
+            return c.teacher_temp
+        t = self.epoch / c.warmup_teacher_temp_epochs
+        return c.warmup_teacher_temp + t * (c.teacher_temp - c.warmup_teacher_temp)
+
+    @torch.no_grad()
+    def prepare(self, images, indices, labels, rng, g):
+        return self.views(images, g)
+
+    def forward(self, crops: list[torch.Tensor]):
+        c = self.cfg.dino
+        n_global = self.views.groups[0].count
+        student = torch.cat([self.head(self.backbone(x)) for x in crops]).float()
+        student = F.log_softmax(student / c.student_temp, dim=-1)
+        per_crop = student.chunk(sum(spec.count for spec in self.views.groups))
+        with torch.no_grad():
+            t = self.teacher["head"](self.teacher["backbone"](crops[0])).float()
+            targets = F.softmax((t - self.center) / self.teacher_temp(), dim=-1).chunk(n_global)
+        loss, pairs = 0.0, 0
+        for i, q in enumerate(targets):
+            for v, s in enumerate(per_crop):
+                if v != i:  # never the same view in both
+                    loss = loss - (q * s).sum(-1).mean()
+                    pairs += 1
+        self.update_center(t)
+        return loss / pairs, {}
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        world = rank_and_world()[1]
+        batch_center = all_reduce_sum(teacher_out.sum(0, keepdim=True)) / (len(teacher_out) * world)
+        m = self.cfg.dino.center_momentum
+        self.center.mul_(m).add_(batch_center, alpha=1 - m)
+
+    @torch.no_grad()
+    def on_step_end(self, epoch_progress: float) -> None:
+        # momentum from momentum_teacher to 1 on a half cosine over training, as DINO
+        m0 = self.cfg.dino.momentum_teacher
+        m = 1 - (1 - m0) * (math.cos(math.pi * epoch_progress) + 1) / 2
+        student = [*self.backbone.parameters(), *self.head.parameters()]
+        for ps, pt in zip(student, self.teacher.parameters()):
+            pt.mul_(m).add_(ps.detach(), alpha=1 - m)

@@ -1,0 +1,14 @@
+"""SupCon (Khosla et al. 2020): SimCLR's loss with the class label as the id, so every crop of
+every image of the same class is a positive. Uses the labels; the paper's supervised
+contrastive baseline."""
+
+from __future__ import annotations
+
+from .simclr import SimCLR
+
+
+class SupCon(SimCLR):
+    needs_labels = True
+
+    def ids(self, indices, labels):
+        return labels

@@ -1,0 +1,146 @@
+"""The baselines (SimCLR, SupCon, DINO, supervised pre-training): their losses against direct
+computations, multi-process gathering, DINO's teacher and centre, and each method end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import idmm
+from idmm.api import build_method, make_config, resolve
+from idmm.engine.distributed import Runtime
+from idmm.losses import multi_positive_contrastive
+
+
+def direct_contrastive(z, ids, t):
+    """The definition, one anchor and one positive at a time."""
+    z = F.normalize(z, dim=1)
+    losses = []
+    for i in range(len(z)):
+        others = [k for k in range(len(z)) if k != i]
+        denom = torch.logsumexp(torch.stack([z[i] @ z[k] / t for k in others]), 0)
+        pos = [k for k in others if ids[k] == ids[i]]
+        if pos:
+            losses.append(sum(denom - z[i] @ z[p] / t for p in pos) / len(pos))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [0, 1, 2, 3] * 3,  # SimCLR: 4 images x 3 crops (crop-major)
+        [0, 0, 1, 2] * 2 + [0, 0, 1, 2],  # SupCon: labels of 4 images, 3 crops
+    ],
+)
+def test_contrastive_loss_equals_the_definition(ids):
+    z = torch.randn(12, 8, dtype=torch.float64)
+    ids = torch.tensor(ids)
+    got = multi_positive_contrastive(z, ids, 0.3)
+    assert torch.allclose(got.double(), direct_contrastive(z.float(), ids, 0.3).double(), atol=1e-5)
+
+
+def test_contrastive_loss_with_singleton_classes_is_finite():
+    z = torch.randn(6, 4, requires_grad=True)
+    ids = torch.tensor([0, 1, 1, 2, 3, 4])  # one pair, four anchors without any positive
+    loss = multi_positive_contrastive(z, ids, 0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert torch.allclose(loss, direct_contrastive(z.detach(), ids, 0.1), atol=1e-5)
+    alone = multi_positive_contrastive(z, torch.arange(6), 0.1)  # nobody has a positive
+    assert alone.item() == 0.0
+    alone.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_gather_with_gradient_in_two_gloo_processes(tmp_path):
+    """2 processes x 6 crops: the same loss and, after averaging as DDP does, the same gradient
+    as one process with all 12 crops (positives and negatives span the processes)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
+    worker = Path(__file__).parent / "_contrastive_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(worker), str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    z = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    ids = torch.tensor([0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5])
+    loss = multi_positive_contrastive(z, ids, 0.5)
+    loss.backward()
+    assert abs(sum(r["loss"] for r in ranks) / 2 - loss.item()) < 1e-5
+    # DDP averages parameter gradients over 2 ranks: input gradients are 2x the global ones
+    grad = torch.tensor([row for r in ranks for row in r["grad"]]) / 2
+    assert torch.allclose(grad, z.grad, atol=1e-6)
+
+
+def _method(name, **overrides):
+    cfg = make_config(method=name, model="vit_test", img_size=16, batch_size=8, **overrides)
+    rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
+    resolve(cfg, rt, None)
+    return cfg, build_method(cfg, rt, 32, 4)
+
+
+def test_dino_teacher_and_centre_update(uint8_batch):
+    cfg, m = _method("dino", **{"dino.out_dim": 64, "dino.hidden_dim": 32})
+    m.train()
+    student = [p.detach().clone() for p in [*m.backbone.parameters(), *m.head.parameters()]]
+    teacher = [p.detach().clone() for p in m.teacher.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(student, teacher))  # a copy at the start
+    crops = m.prepare(uint8_batch[:8], torch.arange(8), None, None, torch.Generator())
+    with torch.no_grad():
+        t = m.teacher["head"](m.teacher["backbone"](crops[0]))
+    loss, _ = m(crops)
+    assert torch.isfinite(loss)
+    # centre: 0.9 * 0 + 0.1 * the batch mean of the teacher's outputs
+    assert torch.allclose(m.center, 0.1 * t.mean(0, keepdim=True), atol=1e-6)
+    loss.backward()
+    with torch.no_grad():
+        for p in [*m.backbone.parameters(), *m.head.parameters()]:
+            p.add_(torch.randn_like(p) if p.grad is None else -p.grad)  # any step
+    m.on_step_end(0.0)  # progress 0: momentum 0.996
+    new_student = [*m.backbone.parameters(), *m.head.parameters()]
+    for t0, s1, t1 in zip(teacher, new_student, m.teacher.parameters()):
+        assert torch.allclose(t1, 0.996 * t0 + 0.004 * s1.detach(), atol=1e-6)
+    assert not any(p.requires_grad for p in m.teacher.parameters())
+    m.on_step_end(1.0)  # the end of training: momentum 1, the teacher stops moving
+    frozen = [p.clone() for p in m.teacher.parameters()]
+    m.on_step_end(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, m.teacher.parameters()))
+
+
+def test_dino_teacher_temperature_warms_up():
+    cfg, m = _method(
+        "dino",
+        **{
+            "dino.out_dim": 16,
+            "dino.warmup_teacher_temp": 0.02,
+            "dino.teacher_temp": 0.06,
+            "dino.warmup_teacher_temp_epochs": 4,
+        },
+    )
+    temps = []
+    for epoch in range(6):
+        m.on_epoch_start(epoch)
+        temps.append(m.teacher_temp())
+    assert temps == pytest.approx([0.02, 0.03, 0.04, 0.05, 0.06, 0.06])
+
+
+@pytest.mark.parametrize("name", ["simclr", "supcon", "dino", "supervised"])
+def test_each_method_pretrains_evaluates_and_fine_tunes(tmp_path, name):
+    """`idmm pretrain method=...`, then kNN and fine-tuning read its backbone.safetensors."""
+    run = tmp_path / name
+    common = dict(data="fashion-mnist", subset_per_class=8, model="vit_test", img_size=16,
+                  batch_size=16, progress="log")  # fmt: skip
+    extra = {"dino.out_dim": 64, "dino.hidden_dim": 32} if name == "dino" else {}
+    idmm.pretrain(**common, method=name, epochs=2, out=str(run), **extra)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+    knn = idmm.evaluate_knn(run)
+    assert 0 <= knn["top1"] <= 1
+    ft = idmm.finetune(**common, init=str(run), out=str(tmp_path / "ft"), epochs=1)
+    assert 0 <= ft["top1"] <= 1
