@@ -5,6 +5,8 @@ idmm pretrain data=fashion-mnist subset_per_class=204 out=runs/fm epochs=50
 idmm finetune data=fashion-mnist subset_per_class=204 init=runs/fm out=runs/fm-ft epochs=50
 idmm eval knn|linear checkpoint=runs/fm
 idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos/
+idmm compare data=fmnist-2040 methods=idmm,simclr,supcon,dino,scratch out=runs/compare
+idmm transfer sources=fmnist-2040,sklearn-digits targets=fmnist-2040,sklearn-digits out=runs/tr
 torchrun --nproc_per_node=2 -m idmm pretrain ...
 """
 
@@ -14,7 +16,7 @@ import argparse
 import json
 import sys
 
-from . import __version__, api, pipeline
+from . import __version__, api, compare, pipeline
 from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
@@ -24,7 +26,8 @@ from .finetune import finetune
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
-  data=PATH|fashion-mnist|flowers102|...   the training images (a folder, a CSV, a dataset name)
+  data=PATH|fmnist-2040|sklearn-digits|fashion-mnist|flowers102|...   images (folder, CSV, name)
+  method=idmm|simclr|supcon|dino|supervised   the pre-training method (default idmm)
   data.root=DIR        where a named dataset lives;   subset_per_class=204  class-balanced subset
   out=runs/NAME        the run directory;             resume=true  continue it exactly
   model=auto|vit_cpu_small|vit_cpu|deit_tiny_patch16_224|<any timm model>    img_size=112
@@ -49,9 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"idmm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (
-        ("pretrain", "self-supervised pre-training (IDMM by default)"),
+        ("pretrain", "pre-training (IDMM by default; method=simclr|supcon|dino|supervised)"),
         ("finetune", "supervised fine-tuning from init=RUN_DIR; without init, from scratch"),
         ("run", "pre-train, evaluate (kNN, linear), fine-tune, write report.md"),
+        ("compare", "methods=idmm,simclr,...,scratch: each pre-trained, evaluated, fine-tuned"),
+        ("transfer", "sources=A,B targets=C,D: pre-train on each source, fine-tune on each target"),
     ):
         cmd = sub.add_parser(
             name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
@@ -130,7 +135,18 @@ def _command(args) -> None:
         results = pipeline.run(args.config, **parse_overrides(args.settings))
         print(pipeline.summary_table(results))
         print(f"kNN top-1 {results['knn']['top1'] * 100:.2f}%, linear probe top-1 "
-              f"{results['linear']['top1'] * 100:.2f}% (frozen IDMM backbone)")  # fmt: skip
+              f"{results['linear']['top1'] * 100:.2f}% (frozen backbone)")  # fmt: skip
+    elif args.command == "compare":
+        kv = parse_overrides(args.settings)
+        rows = compare.compare(args.config, kv.pop("methods", compare.DEFAULT_METHODS), **kv)
+        print(compare.comparison_table(rows))
+    elif args.command == "transfer":
+        kv = parse_overrides(args.settings)
+        usage = "idmm transfer sources=A,B targets=C,D [key=value ...]"
+        sources, kv = _split([f"{k}={v}" for k, v in kv.items()], "sources", usage)
+        targets, kv = _split([f"{k}={v}" for k, v in kv.items()], "targets", usage)
+        result = compare.transfer(args.config, sources, targets, **kv)
+        print(compare.transfer_table(result))
     elif args.command == "eval":
         checkpoint, kv = _split(args.settings, "checkpoint", "idmm eval knn checkpoint=RUN_DIR")
         evaluate = api.evaluate_knn if args.protocol == "knn" else api.evaluate_linear

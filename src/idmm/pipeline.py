@@ -24,6 +24,7 @@ from .config import Config, save_yaml
 from .engine.checkpoint import read_results, write_json
 from .engine.log import read_metrics
 from .finetune import run_finetune
+from .methods import display_name
 
 SUMMARY_KEYS = ("top1", "top1_best", "top5", "time_s", "epochs")
 
@@ -39,6 +40,7 @@ def run(config: Config | str | Path | None = None, **overrides: Any) -> dict:
     if cfg.threads:
         where["threads"] = cfg.threads
     results: dict[str, Any] = {
+        "method": pre.method,
         "pretrain": read_results(out / "pretrain").get("pretrain", {}),
         "knn": evaluate_knn(out / "pretrain", **where),
         "linear": evaluate_linear(out / "pretrain", **where),
@@ -76,8 +78,9 @@ def summary_table(results: dict) -> str:
     rows = ["| model | epochs | minutes | test top-1 (last) | best | top-5 |", "|---" * 6 + "|"]
     pre = results.get("pretrain", {})
     pre_time = pre.get("time_s") or 0.0
+    method = display_name(results.get("method", "idmm"))
     for key, name, extra_epochs, extra_time in (
-        ("finetune", "IDMM pre-training + fine-tuning", pre.get("epochs"), pre_time),
+        ("finetune", f"{method} pre-training + fine-tuning", pre.get("epochs"), pre_time),
         ("scratch", "supervised from scratch", 0, 0.0),
     ):
         r = results.get(key)
@@ -94,13 +97,27 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _method_recipe(cfg: Config) -> str:
+    if cfg.method == "idmm":
+        i = cfg.idmm
+        return (f", CutMix alpha {i.cutmix_alpha}, label smoothing {i.label_smoothing}, "
+                f"head init `{i.head_init}`")  # fmt: skip
+    if cfg.method in ("simclr", "supcon"):
+        return f", temperature {cfg.contrastive.temperature}"
+    if cfg.method == "dino":
+        d = cfg.dino
+        return f", {d.out_dim} prototypes, teacher temperature {d.teacher_temp}"
+    return ""
+
+
 def write_report(out: Path, cfg: Config, results: dict) -> Path:
     """report.md: the numbers, the recipe, the curves and the confusion matrix."""
     # fine-tuning continues the pre-training's epoch count, so the from-scratch baseline (with as
     # many epochs in total) lines up with the IDMM curves on one axis
     shift = cfg.epochs
+    method = display_name(cfg.method)
     runs = {
-        "IDMM pre-training": read_metrics(out / "pretrain"),
+        f"{method} pre-training": read_metrics(out / "pretrain"),
         "fine-tuning": [
             {**r, "epoch": r["epoch"] + shift} if "epoch" in r else r
             for r in read_metrics(out / "finetune")
@@ -122,7 +139,7 @@ def write_report(out: Path, cfg: Config, results: dict) -> Path:
 Evaluated on the {ft["test_split"]} split ({ft["test_images"]} images); training set
 {ft["train_images"]} images. Top-1 is the last epoch's (the paper's protocol).
 
-## Frozen IDMM backbone
+## Frozen {method} backbone
 
 - kNN (cosine, k={knn["k"]}, T={knn["temperature"]}): **{_pct(knn["top1"])}**
 - linear probe (lr {lin["best_lr"]} chosen on held-out training images): **{_pct(lin["top1"])}**
@@ -131,8 +148,7 @@ Evaluated on the {ft["test_split"]} split ({ft["test_images"]} images); training
 
 - model `{cfg.model}`, pre-training {cfg.epochs} epochs at {cfg.img_size}px, batch
   {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.aug.global_crops} global + {cfg.aug.local_crops} local
-  crops (local at {cfg.aug.local_size}px), CutMix alpha {cfg.idmm.cutmix_alpha}, label smoothing
-  {cfg.idmm.label_smoothing}, head init `{cfg.idmm.head_init}`
+  crops (local at {cfg.aug.local_size}px), method `{cfg.method}`{_method_recipe(cfg)}
 - fine-tuning {f.epochs} epochs at {ft["img_size"]}px, batch {f.batch_size}, base lr {f.base_lr},
   RandAugment {f.randaug_ops} ops m{f.randaug_magnitude}, Mixup (even epochs) alpha
   {f.mixup_alpha} / CutMix (odd epochs) alpha {f.cutmix_alpha}, label smoothing

@@ -174,3 +174,59 @@ def plot_confusion(matrix: Any, classes: list[str], path: str | Path, title: str
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_bars(table: dict[str, dict[str, float | None]], path: str | Path, title: str = "") -> Path:
+    """Grouped bars of accuracies in %: one group per row of `table` (a method), one bar per
+    metric (kNN, linear, fine-tune); missing values leave a gap."""
+    from matplotlib.figure import Figure
+
+    rows = list(table)
+    metrics = list(dict.fromkeys(k for r in table.values() for k in r))
+    fig = Figure(figsize=(max(5.0, 1.3 * len(rows) + 2), 4), dpi=120)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(metrics))
+    for j, metric in enumerate(metrics):
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
+        values = [_number(table[r].get(metric)) for r in rows]
+        heights = [100 * v if v is not None else 0.0 for v in values]
+        bars = ax.bar(xs, heights, width, label=metric)
+        for bar, v in zip(bars, values):
+            if v is not None:
+                ax.annotate(f"{100 * v:.1f}", (bar.get_x() + bar.get_width() / 2, 100 * v),
+                            ha="center", va="bottom", fontsize=7)  # fmt: skip
+    ax.set_xticks(range(len(rows)), rows)
+    ax.set_ylabel("test top-1 (%)")
+    finite = [100 * v for r in table.values() for v in r.values() if _number(v) is not None]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 15), min(100.0, max(finite) + 5))
+    ax.legend(fontsize=8, ncol=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_heatmap(values: Any, rows: list[str], cols: list[str], path: str | Path,
+                 title: str = "", xlabel: str = "", ylabel: str = "") -> Path:  # fmt: skip
+    """A matrix of accuracies in % (NaN = not run) with the numbers written in the cells."""
+    from matplotlib.figure import Figure
+
+    v = 100.0 * _to_numpy(values).astype(np.float64)
+    fig = Figure(figsize=(1.6 * len(cols) + 2.5, 1.1 * len(rows) + 1.5), dpi=120)
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(v), cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test top-1 (%)")
+    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(rows)), rows)
+    finite = v[np.isfinite(v)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for (i, j), x in np.ndenumerate(v):
+        text = "n/a" if not np.isfinite(x) else f"{x:.1f}"
+        colour = "black" if np.isfinite(x) and x > mid else "white"
+        ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -20,6 +20,15 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+# How tables and reports name them.
+DISPLAY_NAMES = {"idmm": "IDMM", "simclr": "SimCLR", "supcon": "SupCon", "dino": "DINO",
+                 "supervised": "supervised", "scratch": "scratch"}  # fmt: skip
+
+
+def display_name(name: str) -> str:
+    return DISPLAY_NAMES.get(name, name)
+
+
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=1)

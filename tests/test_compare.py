@@ -1,0 +1,68 @@
+"""`idmm compare` and `idmm transfer`: tables, plots, and reuse of finished runs."""
+
+import csv
+import json
+
+import pytest
+
+from idmm import cli
+from idmm.compare import compare, transfer
+from idmm.config import ConfigError
+
+TINY = dict(model="vit_test", img_size=16, epochs=1, batch_size=16, progress="log",
+            linear={"epochs": 5}, finetune={"epochs": 1, "batch_size": 16})  # fmt: skip
+
+
+def test_compare_writes_its_table_and_chart(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "data=fashion-mnist", "subset_per_class=8", "methods=idmm,supcon,scratch",
+            "model=vit_test", "img_size=16", "epochs=1", "batch_size=16", "finetune.epochs=1",
+            "finetune.batch_size=16", "linear.epochs=5", f"out={out}", "progress=log"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| IDMM | 1 + 1 |" in printed and "| scratch | 0 + 2 |" in printed
+    rows = list(csv.DictReader((out / "compare.csv").read_text().splitlines()))
+    assert [r["method"] for r in rows] == ["IDMM", "SupCon", "scratch"]
+    for r in rows:
+        assert 0 <= float(r["finetune_top1"]) <= 1
+    assert rows[0]["knn_top1"] and rows[1]["linear_top1"] and not rows[2]["knn_top1"]
+    assert (out / "plots" / "compare.png").stat().st_size > 0
+    assert "| SupCon |" in (out / "compare.md").read_text()
+    # each method is a complete `idmm run` directory with its own report
+    assert "SupCon pre-training + fine-tuning" in (out / "supcon" / "report.md").read_text()
+
+
+def test_compare_rejects_an_unknown_method(tmp_path):
+    with pytest.raises(ConfigError, match="unknown simclrr.*choose from"):
+        compare(methods="idmm,simclrr", out=str(tmp_path))
+
+
+def test_transfer_matrix_reuses_finished_runs(tmp_path):
+    out = tmp_path / "tr"
+    common = dict(TINY, data="fashion-mnist", subset_per_class=8, out=str(out))
+    first = transfer(sources="fashion-mnist,sklearn-digits", targets="sklearn-digits", **common)
+    assert first["sources"] == ["fashion-mnist", "sklearn-digits"]
+    assert len(first["top1"]) == 2 and len(first["top1"][0]) == 1
+    ckpts = sorted((out / "pretrain").glob("*/checkpoints/last.ckpt"))
+    ft_ckpt = out / "finetune" / "fashion-mnist-to-sklearn-digits" / "checkpoints" / "last.ckpt"
+    stamps = {p: p.stat().st_mtime_ns for p in [*ckpts, ft_ckpt]}
+    assert len(ckpts) == 2
+    # a second call with one more target trains only the two new fine-tunings
+    second = transfer(sources="fashion-mnist,sklearn-digits",
+                      targets="sklearn-digits,fashion-mnist", **common)  # fmt: skip
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert [row[0] for row in second["top1"]] == [row[0] for row in first["top1"]]
+    assert (out / "finetune" / "sklearn-digits-to-fashion-mnist" / "model.safetensors").is_file()
+    table = list(csv.reader((out / "transfer.csv").read_text().splitlines()))
+    assert table[0] == ["pretrain \\ finetune", "sklearn-digits", "fashion-mnist"]
+    assert json.loads((out / "transfer.json").read_text())["targets"][1] == "fashion-mnist"
+    assert (out / "plots" / "transfer.png").stat().st_size > 0
+    # the fine-tuning on digits used digits, not Fashion-MNIST's subset
+    ft = json.loads((out / "finetune" / "fashion-mnist-to-sklearn-digits" / "results.json")
+                    .read_text())["finetune"]  # fmt: skip
+    assert ft["train_images"] == 1442 and ft["test_images"] == 355
+
+
+def test_transfer_needs_sources_and_targets(capsys):
+    assert cli.main(["transfer", "sources=fashion-mnist"]) == 2
+    assert "missing targets=" in capsys.readouterr().err
