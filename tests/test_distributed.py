@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,13 @@ def test_torchrun_runs_the_whole_pipeline(tmp_path):
     assert (out / "report.md").is_file()
 
 
-def _pretrain(out, nproc, batch, method):
+def _pretrain(out, nproc, batch, method, *extra, epochs=2):
     env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
-    args = ["pretrain", "data=fashion-mnist", "subset_per_class=8", "model=vit_test", "epochs=2",
+    args = ["pretrain", "data=fashion-mnist", "subset_per_class=8", "model=vit_test",
+            f"epochs={epochs}",
             f"batch_size={batch}", "threads=1", f"out={out}", "progress=log", "precision=fp32",
             "drop_path=0", "idmm.cutmix_p=0", "aug.local_size=16", "idmm.head_init=imprint",
-            "lr=1e-3", "knn_every=0", f"method={method}"]  # fmt: skip
+            "lr=1e-3", "knn_every=0", f"method={method}", *extra]  # fmt: skip
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
     cmd = [sys.executable, *(launcher if nproc > 1 else []), "-m", "idmm", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -73,3 +75,47 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path, method
     assert len(one_loss) == 2 and all(abs(a - b) < 1e-4 for a, b in zip(one_loss, two_loss))
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-4, rtol=1e-4), k
+
+
+def _head(run):
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    return ckpt["method"]["head.weight"], ckpt["optimizer"]["state"]
+
+
+def test_sharded_instance_head_trains_like_the_replicated_one(tmp_path):
+    """idmm.shard_head=true: 2 processes each hold half of the head's rows, the softmax spans
+    both, and training follows 1 process with the whole head; the checkpoint holds the whole
+    head and its AdamW state, so a run resumes at another world size."""
+    one_loss, one = _pretrain(tmp_path / "one", 1, 20, "idmm")
+    two_loss, two = _pretrain(tmp_path / "two", 2, 10, "idmm", "idmm.shard_head=true")
+    assert all(abs(a - b) < 1e-4 for a, b in zip(one_loss, two_loss))
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-4, rtol=1e-4), k
+    (w1, s1), (w2, s2) = _head(tmp_path / "one"), _head(tmp_path / "two")
+    assert w2.shape == w1.shape == (80, 48) and torch.allclose(w1, w2, atol=1e-4)
+    assert all(torch.allclose(s1[i]["exp_avg_sq"], s2[i]["exp_avg_sq"], atol=1e-6) for i in s1)
+    # resume the sharded run's checkpoint for a third epoch, sharded and not: the same weights
+    for name in ("again", "single"):
+        shutil.copytree(tmp_path / "two", tmp_path / name)
+    _, sharded = _pretrain(tmp_path / "again", 2, 10, "idmm", "idmm.shard_head=true",
+                           "resume=true", epochs=3)  # fmt: skip
+    _, single = _pretrain(tmp_path / "single", 1, 20, "idmm", "resume=true", epochs=3)
+    for k in single:
+        assert torch.allclose(single[k], sharded[k], atol=1e-4, rtol=1e-4), k
+    assert torch.allclose(_head(tmp_path / "again")[0], _head(tmp_path / "single")[0], atol=1e-4)
+
+
+def test_sharded_head_loss_equals_the_replicated_head(tmp_path):
+    """The cross-process softmax with label smoothing and soft CutMix targets (13 rows over 2
+    processes, one padding row): loss and gradients equal those of one process."""
+    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
+    worker = Path(__file__).parent / "_sharded_head_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(worker), str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    assert [r["rows"] for r in ranks] == [7, 6]
+    for r in ranks:
+        assert r["loss"] < 1e-5 and r["padding_grad"] == 0.0
+        assert max(r["weight_grad"], r["bias_grad"], r["feat_grad"]) < 1e-6, r

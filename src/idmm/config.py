@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +18,8 @@ from typing import Any
 
 import yaml
 
+from .config_types import ConfigError, coerce
 from .eval.linear import DEFAULT_LRS
-
-
-class ConfigError(ValueError):
-    """A bad key or value in a config, a recipe or a `key=value` override."""
 
 
 @dataclass
@@ -75,6 +70,9 @@ class IDMMConfig:
     # feature, scaled so logits start as cosine similarities / imprint_temperature.
     head_init: str = "random"
     imprint_temperature: float = 0.1
+    # Under torchrun: each process holds N/K rows of the head and the softmax is computed across
+    # processes (for large N, e.g. ImageNet's 1.28M instances); results equal the replicated head.
+    shard_head: bool = False
 
 
 @dataclass
@@ -228,69 +226,6 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
 
 
-def _parse_scalar(text: str) -> Any:
-    """YAML scalar parsing, plus floats like `1e-3` that YAML 1.1 (PyYAML) reads as strings."""
-    value = yaml.safe_load(text) if text.strip() else text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Convert `value` (from YAML or a CLI string) to type `tp`, or raise naming the key."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if isinstance(value, str) and tp is not str:
-        value = _parse_scalar(value)
-        if tp is tuple or origin is tuple:
-            if isinstance(value, str):  # "0.1,2" -> [0.1, 2]
-                value = [_parse_scalar(v) for v in value.split(",")]
-            elif not isinstance(value, (list, tuple)):
-                value = [value]
-    try:
-        if origin is tuple:
-            seq = list(value) if isinstance(value, (list, tuple)) else None
-            if seq is None:
-                raise TypeError
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(key, v, args[0]) for v in seq)
-            if len(seq) != len(args):
-                raise ConfigError(f"config key '{key}' expects {len(args)} values, got {value!r}")
-            return tuple(_coerce(key, v, a) for v, a in zip(seq, args))
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            raise TypeError
-        if tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError
-            return value
-        if tp is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError
-            if not math.isfinite(value):
-                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
-            return float(value)
-        if tp is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise TypeError
-            return str(value)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        name = getattr(tp, "__name__", str(tp))
-        raise ConfigError(f"config key '{key}' expects {name}, got {value!r}") from None
-    raise ConfigError(f"config key '{key}' has an unsupported type {tp}")
-
-
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set a dotted key (`aug.local_size`, or an alias such as `data`) with type checking."""
     if not isinstance(value, dict):  # `data: {source: ...}` in YAML is the section itself
@@ -315,7 +250,7 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         for k, v in value.items():
             set_key(cfg, f"{key}.{k}", v)
         return
-    value = _coerce(key, value, tp)
+    value = coerce(key, value, tp)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(
             f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}"

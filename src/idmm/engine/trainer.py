@@ -24,6 +24,7 @@ from ..config import Config, to_dict
 from ..data.augment import ShardGenerator
 from ..data.cache import CachedData
 from ..methods.base import Method
+from ..methods.sharded_head import gather_rows, local_rows
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Runtime, all_reduce_mean
 from .log import append_metrics, drop_metrics_after, use_bar
@@ -70,6 +71,9 @@ class Trainer:
         self.run_dir, self.log, self.hooks = run_dir, log, list(hooks)
         self.ckpt_path = run_dir / "checkpoints" / "last.ckpt"
         method.to(rt.device)
+        if rt.distributed and method.sharded_rows():
+            # each process owns its rows of these: DDP must neither broadcast nor average them
+            DDP._set_params_and_buffers_to_ignore_for_model(method, list(method.sharded_rows()))
         self.model = (
             DDP(method, device_ids=[rt.device] if rt.device.type == "cuda" else None)
             if rt.distributed
@@ -99,9 +103,20 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
+        """Everything to continue exactly; row-sharded parameters and their optimiser state are
+        gathered whole (a collective: every process calls this), so any world size can resume."""
+        method, opt = self.method.state_dict(), self.opt.state_dict()
+        for name, rows in self.method.sharded_rows().items():
+            method[name] = gather_rows(method[name], rows)
+            i = self._opt_index(name)
+            if i in opt["state"]:  # a copy: state_dict() shares the live per-parameter dicts
+                opt["state"][i] = {  # exp_avg, exp_avg_sq whole; the step count as it is
+                    k: gather_rows(v, rows) if v.dim() > 0 else v
+                    for k, v in opt["state"][i].items()
+                }
         return {
-            "method": self.method.state_dict(),
-            "optimizer": self.opt.state_dict(),
+            "method": method,
+            "optimizer": opt,
             "epoch": self.epoch,
             "step": self.step,
             "config": to_dict(self.cfg),
@@ -110,9 +125,16 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
+    def _opt_index(self, name: str) -> int:
+        """The optimiser's state-dict index of the parameter `name`."""
+        param = dict(self.method.named_parameters())[name]
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        return next(i for i, p in enumerate(params) if p is param)
+
     def save(self) -> None:
+        state = self.state()
         if self.rt.is_main:
-            save_checkpoint(self.state(), self.ckpt_path)
+            save_checkpoint(state, self.ckpt_path)
 
     def resume(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -130,6 +152,12 @@ class Trainer:
                 f"cannot resume {self.ckpt_path}: it saw {ckpt['num_images']} training images, "
                 f"the data now has {len(self.data)}"
             )
+        for name, rows in self.method.sharded_rows().items():  # this process's rows
+            ckpt["method"][name] = local_rows(ckpt["method"][name], rows)
+            slot = ckpt["optimizer"]["state"].get(self._opt_index(name), {})
+            for k, v in list(slot.items()):
+                if v.dim() > 0:
+                    slot[k] = local_rows(v, rows)
         self.method.load_state_dict(ckpt["method"])
         self.opt.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):

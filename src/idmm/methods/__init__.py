@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from ..config import ConfigError
 from .base import Method
 from .dino import DINO
 from .idmm import IDMM
@@ -33,5 +34,5 @@ def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown method '{name}'.{hint} Available: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method '{name}'.{hint} Available: {', '.join(METHODS)}")
     return METHODS[name]

@@ -53,6 +53,11 @@ class Method(nn.Module):
             }
         ]
 
+    def sharded_rows(self) -> dict[str, int]:
+        """Parameters split by rows across processes (name -> total rows): DDP leaves them
+        alone and checkpoints hold them whole."""
+        return {}
+
     def representation(self) -> nn.Module:
         """The network whose output is the learned representation: what the kNN monitor
         evaluates and `backbone.safetensors` holds."""

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from ..data.mixing import cutmix
-from ..engine.distributed import Runtime
+from ..engine.distributed import Runtime, rank_and_world
 from ..eval.features import extract_features
 from ..losses import mixed_soft_ce
 from ..models import trunc_normal_linear
 from .base import Method
+from .sharded_head import ShardedInstanceHead
 
 
 @dataclass
@@ -34,6 +35,15 @@ class IDMM(Method):
     def __init__(self, cfg, backbone, num_images, num_classes, views):
         super().__init__(cfg, backbone, num_images, num_classes, views)
         self.head = trunc_normal_linear(backbone.num_features, num_images)
+        rank, world = rank_and_world()
+        self.sharded = cfg.idmm.shard_head and world > 1
+        if self.sharded:  # the same initial rows as the replicated head, split by process
+            self.head = ShardedInstanceHead(self.head, rank, world)
+
+    def sharded_rows(self):
+        if not self.sharded:
+            return {}
+        return {"head.weight": self.head.num_rows, "head.bias": self.head.num_rows}
 
     @torch.no_grad()
     def prepare(self, images, indices, labels, rng: np.random.Generator, g: torch.Generator):
@@ -51,12 +61,14 @@ class IDMM(Method):
     def forward(self, groups: list[Group]):
         # Each group is one forward pass (crops of one size); the group losses add, as in the
         # official code (a sum, not a mean over crop counts).
-        loss = 0.0
+        loss, smoothing = 0.0, self.cfg.idmm.label_smoothing
         for grp in groups:
-            logits = self.head(self.backbone(grp.x))
-            loss = loss + mixed_soft_ce(
-                logits, grp.target_a, grp.target_b, grp.lam, self.cfg.idmm.label_smoothing
-            )
+            f = self.backbone(grp.x)
+            if self.sharded:
+                loss = loss + self.head.loss(f, grp.target_a, grp.target_b, grp.lam, smoothing)
+            else:
+                logits = self.head(f)
+                loss = loss + mixed_soft_ce(logits, grp.target_a, grp.target_b, grp.lam, smoothing)
         return loss, {}
 
     @torch.no_grad()
@@ -79,8 +91,12 @@ class IDMM(Method):
         )
         norm = feats.norm(dim=1, keepdim=True).clamp(min=1e-6)
         scale = 1.0 / (cfg.idmm.imprint_temperature * norm.mean())
-        self.head.weight.copy_(feats / norm * scale)
-        self.head.bias.zero_()
+        weight = feats / norm * scale
+        if self.sharded:
+            self.head.load_rows(weight, torch.zeros(len(weight)))
+        else:
+            self.head.weight.copy_(weight)
+            self.head.bias.zero_()
 
     def param_groups(self, lr, weight_decay):
         head = list(self.head.parameters())
