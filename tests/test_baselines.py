@@ -142,5 +142,7 @@ def test_each_method_pretrains_evaluates_and_fine_tunes(tmp_path, name):
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
     knn = idmm.evaluate_knn(run)
     assert 0 <= knn["top1"] <= 1
+    model = idmm.load_model(idmm.export(run))  # a timm backbone (DINO: the teacher's)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 48)
     ft = idmm.finetune(**common, init=str(run), out=str(tmp_path / "ft"), epochs=1)
     assert 0 <= ft["top1"] <= 1

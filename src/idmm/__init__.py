@@ -1,6 +1,7 @@
 """idmm: train Vision Transformers from scratch on small datasets (IDMM, Cao, Yu, Wu, ECCV 2022)."""
 
 from .api import evaluate_knn, evaluate_linear, load_run_config, make_config, pretrain
+from .compare import compare, transfer
 from .config import Config, ConfigError
 from .data.sources import DataError
 from .export import export, load_model, predict
@@ -13,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "__version__",
+    "compare",
     "evaluate_knn",
     "evaluate_linear",
     "export",
@@ -23,4 +25,5 @@ __all__ = [
     "predict",
     "pretrain",
     "run",
+    "transfer",
 ]

@@ -16,7 +16,8 @@ import argparse
 import json
 import sys
 
-from . import __version__, api, compare, pipeline
+from . import __version__, api, pipeline
+from .compare import DEFAULT_METHODS, compare, comparison_table, transfer, transfer_table
 from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
@@ -138,15 +139,15 @@ def _command(args) -> None:
               f"{results['linear']['top1'] * 100:.2f}% (frozen backbone)")  # fmt: skip
     elif args.command == "compare":
         kv = parse_overrides(args.settings)
-        rows = compare.compare(args.config, kv.pop("methods", compare.DEFAULT_METHODS), **kv)
-        print(compare.comparison_table(rows))
+        rows = compare(args.config, kv.pop("methods", DEFAULT_METHODS), **kv)
+        print(comparison_table(rows))
     elif args.command == "transfer":
         kv = parse_overrides(args.settings)
         usage = "idmm transfer sources=A,B targets=C,D [key=value ...]"
         sources, kv = _split([f"{k}={v}" for k, v in kv.items()], "sources", usage)
         targets, kv = _split([f"{k}={v}" for k, v in kv.items()], "targets", usage)
-        result = compare.transfer(args.config, sources, targets, **kv)
-        print(compare.transfer_table(result))
+        result = transfer(args.config, sources, targets, **kv)
+        print(transfer_table(result))
     elif args.command == "eval":
         checkpoint, kv = _split(args.settings, "checkpoint", "idmm eval knn checkpoint=RUN_DIR")
         evaluate = api.evaluate_knn if args.protocol == "knn" else api.evaluate_linear

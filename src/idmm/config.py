@@ -338,6 +338,9 @@ def validate(cfg: Config) -> None:
         ("linear.lrs", len(cfg.linear.lrs) >= 1 and min(cfg.linear.lrs) > 0, "positive lrs"),
         ("linear.val_fraction", 0 < cfg.linear.val_fraction < 1, "in (0, 1)"),
     ]
+    from .methods import get_method  # here: the methods import this module
+
+    get_method(cfg.method)  # an unknown name fails now, naming the valid ones
     for key, ok, need in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {need}")

@@ -106,14 +106,7 @@ class Trainer:
         """Everything to continue exactly; row-sharded parameters and their optimiser state are
         gathered whole (a collective: every process calls this), so any world size can resume."""
         method, opt = self.method.state_dict(), self.opt.state_dict()
-        for name, rows in self.method.sharded_rows().items():
-            method[name] = gather_rows(method[name], rows)
-            i = self._opt_index(name)
-            if i in opt["state"]:  # a copy: state_dict() shares the live per-parameter dicts
-                opt["state"][i] = {  # exp_avg, exp_avg_sq whole; the step count as it is
-                    k: gather_rows(v, rows) if v.dim() > 0 else v
-                    for k, v in opt["state"][i].items()
-                }
+        self._map_sharded(method, opt, gather_rows)
         return {
             "method": method,
             "optimizer": opt,
@@ -125,11 +118,19 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
-    def _opt_index(self, name: str) -> int:
-        """The optimiser's state-dict index of the parameter `name`."""
-        param = dict(self.method.named_parameters())[name]
+    def _map_sharded(self, method: dict, opt: dict, fn) -> None:
+        """fn(tensor, rows) on each row-sharded parameter and its AdamW moments, in the given
+        state dicts (gather_rows to save, local_rows to resume)."""
         params = [p for group in self.opt.param_groups for p in group["params"]]
-        return next(i for i, p in enumerate(params) if p is param)
+        named = dict(self.method.named_parameters())
+        for name, rows in self.method.sharded_rows().items():
+            method[name] = fn(method[name], rows)
+            i = next(i for i, p in enumerate(params) if p is named[name])
+            if i in opt["state"]:  # a new dict: state_dict() shares the optimiser's own
+                opt["state"][i] = {
+                    k: fn(v, rows) if v.dim() > 0 else v  # not the step count
+                    for k, v in opt["state"][i].items()
+                }
 
     def save(self) -> None:
         state = self.state()
@@ -152,12 +153,7 @@ class Trainer:
                 f"cannot resume {self.ckpt_path}: it saw {ckpt['num_images']} training images, "
                 f"the data now has {len(self.data)}"
             )
-        for name, rows in self.method.sharded_rows().items():  # this process's rows
-            ckpt["method"][name] = local_rows(ckpt["method"][name], rows)
-            slot = ckpt["optimizer"]["state"].get(self._opt_index(name), {})
-            for k, v in list(slot.items()):
-                if v.dim() > 0:
-                    slot[k] = local_rows(v, rows)
+        self._map_sharded(ckpt["method"], ckpt["optimizer"], local_rows)  # this process's rows
         self.method.load_state_dict(ckpt["method"])
         self.opt.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
