@@ -3,14 +3,11 @@ computations, multi-process gathering, DINO's teacher and centre, and each metho
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torchrun_helpers import run_worker
 
 import idmm
 from idmm.api import build_method, make_config, resolve
@@ -61,13 +58,7 @@ def test_contrastive_loss_with_singleton_classes_is_finite():
 def test_gather_with_gradient_in_two_gloo_processes(tmp_path):
     """2 processes x 6 crops: the same loss and, after averaging as DDP does, the same gradient
     as one process with all 12 crops (positives and negatives span the processes)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
-    worker = Path(__file__).parent / "_contrastive_worker.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(worker), str(tmp_path / "out")]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    ranks = run_worker("_contrastive_worker.py", tmp_path)
     z = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     ids = torch.tensor([0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5])
     loss = multi_positive_contrastive(z, ids, 0.5)

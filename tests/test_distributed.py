@@ -1,28 +1,19 @@
 """Two CPU processes under torchrun (gloo): the DDP path of the trainer runs end to end."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import idmm
+from torchrun_helpers import launch, run_worker
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
     run = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--standalone", "-m", "idmm", "pretrain", "data=fashion-mnist",
-           "subset_per_class=10", "model=vit_test", "epochs=2", "batch_size=20", "threads=1",
-           f"out={run}", "progress=log"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch("-m", "idmm", "pretrain", "data=fashion-mnist", "subset_per_class=10",
+           "model=vit_test", "epochs=2", "batch_size=20", "threads=1", f"out={run}",
+           "progress=log")  # fmt: skip
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # one process writes the logs
     assert records[-1]["step"] == 2 * (100 // 40)  # 100 images, 2 ranks x 20 per step
@@ -34,14 +25,9 @@ def test_torchrun_two_processes_gloo(tmp_path):
 def test_torchrun_runs_the_whole_pipeline(tmp_path):
     """`idmm run` under torchrun: pre-training and fine-tuning in DDP, one process writes."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--standalone", "-m", "idmm", "run", "data=fashion-mnist", "subset_per_class=10",
-           "model=vit_test", "epochs=1", "batch_size=20", "finetune.epochs=2",
-           "finetune.batch_size=20", "linear.epochs=5", "threads=1", f"out={out}",
-           "progress=log"]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch("-m", "idmm", "run", "data=fashion-mnist", "subset_per_class=10", "model=vit_test",
+           "epochs=1", "batch_size=20", "finetune.epochs=2", "finetune.batch_size=20",
+           "linear.epochs=5", "threads=1", f"out={out}", "progress=log")  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["finetune"]["top1"] <= 1 and "linear" in results
     records = [json.loads(x) for x in (out / "finetune" / "metrics.jsonl").read_text().splitlines()]
@@ -50,16 +36,11 @@ def test_torchrun_runs_the_whole_pipeline(tmp_path):
 
 
 def _pretrain(out, nproc, batch, method, *extra, epochs=2):
-    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
-    args = ["pretrain", "data=fashion-mnist", "subset_per_class=8", "model=vit_test",
-            f"epochs={epochs}",
-            f"batch_size={batch}", "threads=1", f"out={out}", "progress=log", "precision=fp32",
-            "drop_path=0", "idmm.cutmix_p=0", "aug.local_size=16", "idmm.head_init=imprint",
-            "lr=1e-3", "knn_every=0", f"method={method}", *extra]  # fmt: skip
-    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
-    cmd = [sys.executable, *(launcher if nproc > 1 else []), "-m", "idmm", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch("-m", "idmm", "pretrain", "data=fashion-mnist", "subset_per_class=8",
+           "model=vit_test", f"epochs={epochs}", f"batch_size={batch}", "threads=1", f"out={out}",
+           "progress=log", "precision=fp32", "drop_path=0", "idmm.cutmix_p=0",
+           "aug.local_size=16", "idmm.head_init=imprint", "lr=1e-3", "knn_every=0",
+           f"method={method}", *extra, nproc=nproc)  # fmt: skip
     losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     return losses, load_file(str(out / "backbone.safetensors"))
 
@@ -108,13 +89,7 @@ def test_sharded_instance_head_trains_like_the_replicated_one(tmp_path):
 def test_sharded_head_loss_equals_the_replicated_head(tmp_path):
     """The cross-process softmax with label smoothing and soft CutMix targets (13 rows over 2
     processes, one padding row): loss and gradients equal those of one process."""
-    env = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]), OMP_NUM_THREADS="1")
-    worker = Path(__file__).parent / "_sharded_head_worker.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(worker), str(tmp_path / "out")]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    ranks = run_worker("_sharded_head_worker.py", tmp_path)
     assert [r["rows"] for r in ranks] == [7, 6]
     for r in ranks:
         assert r["loss"] < 1e-5 and r["padding_grad"] == 0.0

@@ -113,6 +113,11 @@ def comparison_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _data_label(cfg: Config) -> str:
+    n = cfg.data.subset_per_class
+    return f"{cfg.data.source} ({n} per class)" if n else cfg.data.source
+
+
 def write_comparison(out: Path, rows: dict, cfg: Config) -> None:
     cols = list(next(iter(rows.values())))
     write_json(out / "compare.json", rows)
@@ -121,7 +126,7 @@ def write_comparison(out: Path, rows: dict, cfg: Config) -> None:
         w.writeheader()
         w.writerows(rows.values())
     title = (
-        f"# Comparison on {cfg.data.source}: model {cfg.model}, pre-training {cfg.epochs} "
+        f"# Comparison on {_data_label(cfg)}: model {cfg.model}, pre-training {cfg.epochs} "
         f"epochs, fine-tuning {cfg.finetune.epochs} epochs (scratch: both)"
     )
     text = f"{title}\n\n{comparison_table(rows)}\n\n![comparison](plots/compare.png)\n"
@@ -131,7 +136,7 @@ def write_comparison(out: Path, rows: dict, cfg: Config) -> None:
                       "fine-tune": r["finetune_top1"]}
         for r in rows.values()
     }  # fmt: skip
-    plots.plot_bars(bars, out / "plots" / "compare.png", title=f"{cfg.data.source}")
+    plots.plot_bars(bars, out / "plots" / "compare.png", title=_data_label(cfg))
 
 
 def _slug(spec: str) -> str:
