@@ -95,10 +95,11 @@ def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
     """
     if cfg.data.val:
         val = cached(cfg, open_source(cfg.data.val), train.size, progress)
-        return train, _relabel(val, train.classes, cfg.data.val), "val"
+        return train, _relabel(val, train.classes, f"data.val={cfg.data.val}"), "val"
     src = open_source(cfg.data.source, "test", cfg.data.root)
-    if src is not None:
-        return train, cached(cfg, src, train.size, progress), "test"
+    if src is not None:  # its labels in the training classes' indices, matched by name
+        test = cached(cfg, src, train.size, progress)
+        return train, _relabel(test, train.classes, f"{cfg.data.source} (test split)"), "test"
     if train.labels is None:
         raise DataError(f"{cfg.data.source} has no labels, so it cannot be evaluated")
     rng = np.random.default_rng(cfg.seed)
@@ -114,11 +115,11 @@ def load_test_data(cfg: Config, train: CachedData, progress: bool = False):
 def _relabel(d: CachedData, classes: list[str], where: str) -> CachedData:
     """Express `d`'s labels in the training set's class indices (matched by name)."""
     if d.labels is None:
-        raise DataError(f"data.val={where} has no labels; use a folder with class sub-folders")
+        raise DataError(f"{where} has no labels; use a folder with class sub-folders")
     unknown = sorted(set(d.classes) - set(classes))
     if unknown:
         raise DataError(
-            f"data.val={where} has classes the training data lacks: {unknown[:5]}; "
+            f"{where} has classes the training data lacks: {unknown[:5]}; "
             f"the training classes are {classes[:10]}"
         )
     lut = torch.tensor([classes.index(c) for c in d.classes])

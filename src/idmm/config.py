@@ -171,6 +171,9 @@ class Config:
     # Recorded, not set: batch_size x processes (under torchrun), which `lr` was scaled by.
     global_batch_size: int | None = None
     resume: bool = False  # continue out/checkpoints/last.ckpt exactly
+    # A NaN/inf loss stops training (the last good checkpoint is kept); true skips the step
+    # instead and counts it (metrics.jsonl, results.json: skipped_steps).
+    skip_nonfinite: bool = False
     overwrite: bool = False  # start afresh in an out= that already holds a run
     knn_every: int = 0  # online kNN monitor every N epochs (0 = off); needs labels
     knn_k: tuple[int, ...] = (10, 20, 100, 200)

@@ -65,6 +65,11 @@ def run_finetune(cfg: Config) -> dict:
     data = load_train_data(cfg, progress=rt.is_main and use_bar(cfg.progress))
     if data.labels is None:
         raise DataError(f"fine-tuning needs labels; {cfg.data.source} has none")
+    if len(data.classes) < 2:
+        raise DataError(
+            f"{cfg.data.source} has a single class ({data.classes[0]!r}): nothing to classify. "
+            "Pre-training works on it; fine-tuning needs at least 2 class folders or labels"
+        )
     train, test, split = load_test_data(cfg, data)
     resolve(cfg, rt, train)
     if rt.is_main:

@@ -45,7 +45,15 @@ class Source:
             if pixels.ndim == 3 and pixels.shape[2] == 1:  # PIL has no H x W x 1 mode
                 pixels = pixels[..., 0]
             return to_rgb(Image.fromarray(pixels))
-        with Image.open(self.items[i]) as image:
+        with Image.open(self.items[i]) as image:  # reads the header only
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and image.width * image.height > limit:
+                # PIL only warns between 1x and 2x its limit; a decoded 2x-limit image would
+                # take ~0.5 GB per decoding thread. Refuse before decoding.
+                raise Image.DecompressionBombError(
+                    f"{image.width}x{image.height} pixels is over the {limit} pixel limit "
+                    "(a decompression bomb, or an image far larger than training needs)"
+                )
             # Phone photos store pixels sideways plus an EXIF rotation flag; apply it.
             return to_rgb(ImageOps.exif_transpose(image))
 

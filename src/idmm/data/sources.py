@@ -146,10 +146,34 @@ def _open_csv(path: str, split: str) -> Source | None:
             names.append(cells[1])
     if not items:
         raise DataError(f"{csv_path} lists no images; expected rows 'path,label'")
+    items, names = _drop_duplicates(items, names, csv_path)
     _check_files_exist(items, csv_path)
     classes = _sorted_classes(names)
     index = {c: i for i, c in enumerate(classes)}
     return Source(f"csv:{csv_path}", split, items, [index[n] for n in names], classes)
+
+
+def _drop_duplicates(items: list[str], names: list[str], where: str):
+    """A file listed twice would be two "instances" with the same pixels: keep its first row,
+    with a warning; listed with two different labels it is an error."""
+    first: dict[str, str] = {}
+    keep = []
+    for i, (item, name) in enumerate(zip(items, names)):
+        if item not in first:
+            first[item] = name
+            keep.append(i)
+        elif first[item] != name:
+            raise DataError(
+                f"{where}: {item} is listed with two labels, {first[item]!r} and {name!r}; "
+                "keep one row per image"
+            )
+    if len(keep) < len(items):
+        warnings.warn(
+            f"{where}: {len(items) - len(keep)} rows repeat an image listed before; "
+            "each image is used once",
+            stacklevel=3,
+        )
+    return [items[i] for i in keep], [names[i] for i in keep]
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST

@@ -10,6 +10,7 @@ exactly the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ..data.cache import CachedData
 from ..methods.base import Method
 from ..methods.sharded_head import gather_rows, local_rows
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import Runtime, all_reduce_mean
+from .distributed import Runtime, all_reduce_mean, all_reduce_sum
 from .log import append_metrics, drop_metrics_after, use_bar
 
 Hook = Callable[[int], dict]  # epoch (1-based, completed) -> metrics to add to that epoch's record
@@ -48,6 +49,15 @@ def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float) -> flo
 
 def epoch_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux), to see that it stays flat over a long run."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -100,6 +110,7 @@ class Trainer:
         self.labels = None if data.labels is None else data.labels.to(rt.device)
         self.epoch = 0
         self.step = 0
+        self.skipped_steps = 0  # non-finite losses skipped (skip_nonfinite=true)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -116,6 +127,7 @@ class Trainer:
             "num_images": len(self.data),
             "rng": {"torch": torch.get_rng_state()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "skipped_steps": self.skipped_steps,
         }
 
     def _map_sharded(self, method: dict, opt: dict, fn) -> None:
@@ -134,8 +146,16 @@ class Trainer:
 
     def save(self) -> None:
         state = self.state()
-        if self.rt.is_main:
+        if not self.rt.is_main:
+            return
+        try:
             save_checkpoint(state, self.ckpt_path)
+        except OSError as e:  # a full disk, a quota, a read-only or vanished directory
+            raise TrainingError(
+                f"could not write the checkpoint {self.ckpt_path} after epoch {self.epoch}: {e}. "
+                "The previous checkpoint is intact; free space or fix the directory, then run "
+                "the same command with resume=true"
+            ) from e
 
     def resume(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -159,6 +179,7 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.skipped_steps = ckpt.get("skipped_steps", 0)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.rt.is_main:
             drop_metrics_after(self.run_dir, self.epoch)
@@ -190,7 +211,10 @@ class Trainer:
                 "lr": self.opt.param_groups[0]["lr"],
                 "images_per_s": self.steps_per_epoch * cfg.batch_size * self.rt.world_size / dt,
                 "epoch_time_s": dt,
+                "rss_mb": rss_mb(),
             }
+            if cfg.skip_nonfinite:
+                last["skipped_steps"] = self.skipped_steps
             for hook in self.hooks:
                 last.update(hook(self.epoch))
             if self.rt.is_main:
@@ -213,6 +237,7 @@ class Trainer:
             "time_s": total,
             "images_per_s": seen / total if seen else None,
             "peak_memory_mb": peak_memory_mb(self.rt.device),
+            "skipped_steps": self.skipped_steps,
         }
 
     def train_epoch(self) -> float:
@@ -239,17 +264,34 @@ class Trainer:
             leave=False,
             disable=not (rt.is_main and use_bar(cfg.progress)),
         )
-        total, t0 = 0.0, time.perf_counter()
+        total, finite, t0 = 0.0, 0, time.perf_counter()
         for i in bar:
             idx = order[i * per_step : (i + 1) * per_step][rt.rank :: rt.world_size]
             loss = self.train_step(idx, rng, g)
-            total += loss
+            if loss is not None:  # None: a skipped non-finite step
+                total, finite = total + loss, finite + 1
             speed = (i + 1) * per_step / (time.perf_counter() - t0)
             lr = self.opt.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.0f}")
-        return all_reduce_mean(total / self.steps_per_epoch, rt)
+            mean = total / max(1, finite)
+            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.0f}")
+        return all_reduce_mean(total / max(1, finite), rt)
 
-    def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g) -> float:
+    def non_finite(self, value: float, lr: float) -> None:
+        """A NaN/inf loss on any process: stop (default) or, with skip_nonfinite, skip the step."""
+        where = f"epoch {self.epoch + 1}, step {self.step} (lr {lr:.2e})"
+        if not self.cfg.skip_nonfinite:
+            raise TrainingError(
+                f"loss is {value} at {where}; the last good checkpoint is kept at "
+                f"{self.ckpt_path}. Lower lr, set clip_grad, use precision=fp32, or set "
+                "skip_nonfinite=true to skip such steps"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.step += 1  # the schedule moves on as if the step had been taken
+        self.log.warning(f"skipped a non-finite loss ({value}) at {where}")
+        return None
+
+    def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g) -> float | None:
         cfg, rt = self.cfg, self.rt
         lr = lr_at(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
         for group in self.opt.param_groups:
@@ -261,12 +303,9 @@ class Trainer:
         with rt.autocast():
             loss, _ = self.model(batch)
         value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"loss is {value} at epoch {self.epoch + 1}, step {self.step} (lr {lr:.2e}); "
-                f"the last good checkpoint is kept at {self.ckpt_path}. Lower lr, set clip_grad, "
-                "or use precision=fp32"
-            )
+        bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=rt.device)
+        if all_reduce_sum(bad).item():  # every process skips or stops together
+            return self.non_finite(value, lr)
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
