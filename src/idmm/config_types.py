@@ -21,7 +21,10 @@ class ConfigError(ValueError):
 
 def _parse_scalar(text: str) -> Any:
     """YAML scalar parsing, plus floats like `1e-3` that YAML 1.1 (PyYAML) reads as strings."""
-    value = yaml.safe_load(text) if text.strip() else text
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:  # control characters, unbalanced brackets...: the text as it is
+        value = text
     if isinstance(value, str):
         try:
             return float(value)
