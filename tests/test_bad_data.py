@@ -182,7 +182,7 @@ def test_csv_missing_file_and_escaping_path(tmp_path):
         open_source(path)
 
 
-def test_predict_on_bad_images_is_a_clean_error(tmp_path, monkeypatch):
+def test_predict_reports_bad_images_and_predicts_the_rest(tmp_path, monkeypatch):
     run = tmp_path / "ft"
     root = _folder_with(tmp_path, "ok.png", lambda p: write_image(p, 2))
     idmm.finetune(data=str(root), model="vit_test", img_size=16, batch_size=4, epochs=1,
@@ -191,8 +191,11 @@ def test_predict_on_bad_images_is_a_clean_error(tmp_path, monkeypatch):
     bad.mkdir()
     truncated_jpeg(bad / "cut.jpg")
     write_image(bad / "fine.png", 3)
-    with pytest.raises(DataError, match="cut.jpg"):
-        idmm.predict(run, [str(bad)])
+    rows = {Path(r["path"]).name: r for r in idmm.predict(run, [str(bad)])}
+    assert rows["fine.png"]["predictions"] and "error" not in rows["fine.png"]
+    assert rows["cut.jpg"]["predictions"] == [] and "OSError" in rows["cut.jpg"]["error"]
+    with pytest.raises(DataError, match="cut.jpg"):  # nothing readable: an error
+        idmm.predict(run, [str(bad / "cut.jpg")])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DataError, match="fine.png.*DecompressionBombError"):
         idmm.predict(run, [str(bad / "fine.png")])

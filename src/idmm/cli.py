@@ -117,6 +117,7 @@ def _predict(args) -> None:
     width = max(len(r["path"]) for r in rows)
     for r in rows:
         preds = "  ".join(f"{p['class']} {p['prob'] * 100:.1f}%" for p in r["predictions"])
+        preds = preds or f"error: {r['error']}"
         print(f"{r['path']:<{width}}  {preds}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -161,13 +162,31 @@ def predict(checkpoint: str | Path, images: list[str], top_k: int = 5, batch_siz
             raise DataError(f"{f} is not an image file name this tool reads")
     pc = model.pretrained_cfg
     size, crop = pc["input_size"][-1], pc["crop_pct"]
-    cached = build_cache(Source("predict", "test", files, None, []), round(size / crop))
-    out = []
-    for i in range(0, len(files), batch_size):
+    # An unreadable image does not stop the others: it gets an "error" entry instead (the
+    # warning names the reason); only when none is readable is it an error.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cached = build_cache(Source("predict", "test", files, None, []), round(size / crop),
+                             skip_bad=True)  # fmt: skip
+    reasons = _reasons("\n".join(str(w.message) for w in caught))
+    kept = [files[i] for i in cached.kept]
+    out = {f: {"path": f, "predictions": [], "error": reasons.get(f, "unreadable")}
+           for f in files}  # fmt: skip
+    for i in range(0, len(kept), batch_size):
         x = eval_view(cached.images[i : i + batch_size], size, pc["mean"], pc["std"], crop)
         probs = model(x).float().softmax(-1)
         p, idx = probs.topk(min(top_k, len(classes)), dim=1)
-        for row_p, row_i, f in zip(p.tolist(), idx.tolist(), files[i : i + batch_size]):
+        for row_p, row_i, f in zip(p.tolist(), idx.tolist(), kept[i : i + batch_size]):
             preds = [{"class": classes[j], "prob": q} for j, q in zip(row_i, row_p)]
-            out.append({"path": f, "predictions": preds})
-    return out
+            out[f] = {"path": f, "predictions": preds}
+    return list(out.values())
+
+
+def _reasons(report: str) -> dict[str, str]:
+    """{path: reason} from build_cache's report lines `  PATH: Error: message`."""
+    reasons = {}
+    for line in report.splitlines():
+        path, sep, reason = line.strip().partition(": ")
+        if sep and Path(path).is_absolute():
+            reasons[path] = reason
+    return reasons
