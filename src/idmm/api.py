@@ -35,7 +35,7 @@ from .data import memmap
 from .data.cache import CachedData, build_cache
 from .data.sources import DataError, open_source, subset_per_class
 from .engine.checkpoint import update_results
-from .engine.distributed import Runtime, barrier, setup
+from .engine.distributed import Runtime, barrier, rank_and_world, setup
 from .engine.log import LOGGER, append_metrics, setup_logging, use_bar
 from .engine.trainer import Trainer
 from .eval.features import extract_features
@@ -61,7 +61,7 @@ def cached(cfg: Config, src, size: int, progress: bool = False) -> CachedData:
     if len(src) * 3 * size * size <= cfg.data.memmap_gb * 2**30:
         return build_cache(src, size, cfg.data.skip_bad, progress)
     store = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else memmap.DEFAULT_DIR
-    ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    ranks = rank_and_world()[1] > 1
     first = int(os.environ.get("LOCAL_RANK", 0)) == 0
     if ranks and not first:
         dist.barrier()  # wait for this node's first process to build the file

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from . import pipeline, plots
 from .api import make_config, pretrain
 from .config import Config, ConfigError
 from .engine.checkpoint import read_results, write_json
+from .engine.distributed import is_main_process
 from .finetune import run_finetune
 from .methods import METHODS, display_name
 
@@ -45,10 +45,6 @@ def _names(value: str | list[str], key: str) -> list[str]:
 def _reuse(c: Config, cfg: Config) -> None:
     """Finished runs are kept and reused unless the user asked to start over."""
     c.overwrite, c.resume = cfg.overwrite, not cfg.overwrite
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0  # under torchrun, one process writes
 
 
 def compare(config: Config | str | Path | None = None, methods: str | list[str] = DEFAULT_METHODS,
@@ -77,7 +73,7 @@ def compare(config: Config | str | Path | None = None, methods: str | list[str] 
             pre = r.get("pretrain", {})
             rows[name] = _row(name, r["knn"], r["linear"], r["finetune"], cfg.epochs,
                               cfg.finetune.epochs, pre.get("time_s") or 0.0)  # fmt: skip
-    if _is_main():
+    if is_main_process():
         write_comparison(out, rows, cfg)
     return rows
 
@@ -176,11 +172,11 @@ def transfer(config: Config | str | Path | None = None, sources: str | list[str]
             c.finetune.init = pre_dirs[s]
             _reuse(c, cfg)
             top1[i, j] = run_finetune(c).get("top1", np.nan)
-            if not _is_main():
+            if not is_main_process():
                 top1[i, j] = read_results(c.out).get("finetune", {}).get("top1", np.nan)
     result = {"method": cfg.method, "sources": src_names, "targets": tgt_names,
               "top1": top1.tolist()}  # fmt: skip
-    if _is_main():
+    if is_main_process():
         write_transfer(out, result, cfg)
     return result
 

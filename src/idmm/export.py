@@ -162,16 +162,15 @@ def predict(checkpoint: str | Path, images: list[str], top_k: int = 5, batch_siz
             raise DataError(f"{f} is not an image file name this tool reads")
     pc = model.pretrained_cfg
     size, crop = pc["input_size"][-1], pc["crop_pct"]
-    # An unreadable image does not stop the others: it gets an "error" entry instead (the
-    # warning names the reason); only when none is readable is it an error.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # An unreadable image does not stop the others: it gets an "error" entry with the reason
+    # instead (not the cache's warning); only when none is readable is it an error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         cached = build_cache(Source("predict", "test", files, None, []), round(size / crop),
                              skip_bad=True)  # fmt: skip
-    reasons = _reasons("\n".join(str(w.message) for w in caught))
     kept = [files[i] for i in cached.kept]
-    out = {f: {"path": f, "predictions": [], "error": reasons.get(f, "unreadable")}
-           for f in files}  # fmt: skip
+    out = {files[i]: {"path": files[i], "predictions": [], "error": reason}
+           for i, reason in cached.errors.items()}  # fmt: skip
     for i in range(0, len(kept), batch_size):
         x = eval_view(cached.images[i : i + batch_size], size, pc["mean"], pc["std"], crop)
         probs = model(x).float().softmax(-1)
@@ -179,14 +178,5 @@ def predict(checkpoint: str | Path, images: list[str], top_k: int = 5, batch_siz
         for row_p, row_i, f in zip(p.tolist(), idx.tolist(), kept[i : i + batch_size]):
             preds = [{"class": classes[j], "prob": q} for j, q in zip(row_i, row_p)]
             out[f] = {"path": f, "predictions": preds}
-    return list(out.values())
+    return [out[f] for f in files]
 
-
-def _reasons(report: str) -> dict[str, str]:
-    """{path: reason} from build_cache's report lines `  PATH: Error: message`."""
-    reasons = {}
-    for line in report.splitlines():
-        path, sep, reason = line.strip().partition(": ")
-        if sep and Path(path).is_absolute():
-            reasons[path] = reason
-    return reasons

@@ -205,7 +205,8 @@ def train_stage(cfg, rt, stage, train, test, split, out: Path, weights, log) -> 
     if weights is not None:
         fresh = models.load_pretrained(model, weights)
         origin = f"from {weights} (new: {', '.join(fresh) or 'nothing'})"
-        if fresh and ft.finetune.head_init == "probe":
+        resuming = ft.resume and (out / "checkpoints" / "last.ckpt").is_file()
+        if fresh and ft.finetune.head_init == "probe" and not resuming:  # else overwritten
             acc = probe_head(ft, model, train, rt)
             origin += f", head from a linear probe ({acc * 100:.1f}% on held-out train images)"
     log.info(

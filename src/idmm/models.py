@@ -18,6 +18,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .config import ConfigError
+from .data.sources import dataset_key
 from .engine.checkpoint import atomic_write
 
 # name -> (timm architecture, keyword arguments)
@@ -35,13 +36,12 @@ PRESETS: dict[str, tuple[str, dict]] = {
 
 # Small, low-resolution datasets get the CPU preset at their native size by default.
 # (8x8 digits are upsampled to 16 px: a 4x4 token grid at patch 4)
-SMALL_DATASETS = {"fashion-mnist": 28, "fmnist": 28, "fmnist-2040": 28, "fmnist2040": 28,
-                  "sklearn-digits": 16, "digits": 16}  # fmt: skip
+SMALL_DATASETS = {"fashion-mnist": 28, "fmnist-2040": 28, "sklearn-digits": 16}
 
 
 def resolve_model(model: str, img_size: int | None, source: str) -> tuple[str, int]:
     """Resolve `model=auto` and `img_size=None` (logged in the run's config.yaml)."""
-    small = SMALL_DATASETS.get(str(source).strip().lower().replace("_", "-"))
+    small = SMALL_DATASETS.get(dataset_key(source))
     if model == "auto":
         model = "vit_cpu_small" if small else "deit_tiny_patch16_224"
     if img_size is None:

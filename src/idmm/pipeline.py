@@ -14,7 +14,6 @@ config.yaml, results.json, report.md and plots/ at the top.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from . import plots
 from .api import evaluate_knn, evaluate_linear, make_config, pretrain
 from .config import Config, save_yaml
 from .engine.checkpoint import read_results, write_json
+from .engine.distributed import is_main_process
 from .engine.log import read_metrics
 from .finetune import run_finetune
 from .methods import display_name
@@ -53,7 +53,7 @@ def run(config: Config | str | Path | None = None, **overrides: Any) -> dict:
         scratch.finetune.init = None
         scratch.finetune.epochs = cfg.epochs + cfg.finetune.epochs  # the same total epochs
         results["scratch"] = run_finetune(scratch)
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one process writes
+    if is_main_process():  # under torchrun, one process writes
         save_yaml(pre, out / "config.yaml")
         write_json(out / "results.json", results)
         write_report(out, pre, results)

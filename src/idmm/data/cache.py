@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ class CachedData:
     size: int
     source_name: str
     kept: list[int]  # indices into the source of the images kept (bad ones skipped)
+    # source index -> why it could not be decoded (skip_bad=true; empty for a reused memmap)
+    errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -67,11 +69,13 @@ def build_cache(
     size = int(size)
     if len(src) == 0:
         raise DataError(f"{src.name} [{src.split}] has no images")
+    errors: dict[int, str] = {}
+
     def fill(out: torch.Tensor) -> list[int]:
         if src.array is not None:
             _from_array(src, size, progress, out)
             return list(range(len(src)))
-        return _from_files(src, size, skip_bad, progress, out)
+        return _from_files(src, size, skip_bad, progress, out, errors)
 
     if store is not None:
         images, kept, _ = memmap.load_or_build(src, size, Path(store), fill)
@@ -82,7 +86,7 @@ def build_cache(
     labels = None
     if src.labels is not None:
         labels = torch.tensor([src.labels[i] for i in kept], dtype=torch.int64)
-    return CachedData(images, labels, list(src.classes), size, src.name, kept)
+    return CachedData(images, labels, list(src.classes), size, src.name, kept, errors)
 
 
 def _from_array(src: Source, size: int, progress: bool, out: torch.Tensor) -> None:
@@ -104,9 +108,10 @@ def _from_array(src: Source, size: int, progress: bool, out: torch.Tensor) -> No
 
 
 def _from_files(
-    src: Source, size: int, skip_bad: bool, progress: bool, out: torch.Tensor
+    src: Source, size: int, skip_bad: bool, progress: bool, out: torch.Tensor, errors: dict
 ) -> list[int]:
-    """Decode into `out`; the kept images end up in its first rows, their indices returned."""
+    """Decode into `out`; the kept images end up in its first rows, their indices returned, and
+    `errors` gets the reason for each skipped one."""
 
     def decode(i: int) -> Exception | None:
         try:
@@ -120,8 +125,8 @@ def _from_files(
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(decode, range(len(src)))
         desc = f"decoding {src.name}"
-        errors = list(tqdm(results, total=len(src), disable=not progress, desc=desc))
-    bad = [(i, error) for i, error in enumerate(errors) if error is not None]
+        results = list(tqdm(results, total=len(src), disable=not progress, desc=desc))
+    bad = [(i, error) for i, error in enumerate(results) if error is not None]
     if not bad:
         return list(range(len(src)))
     listed = "\n".join(
@@ -135,6 +140,7 @@ def _from_files(
     if len(bad) == len(src):
         raise DataError(f"{report}\nno image is left; check that these are image files")
     warnings.warn(f"{report}\nskipping them (data.skip_bad=true)", stacklevel=3)
+    errors.update({i: f"{type(e).__name__}: {e}" for i, e in bad})
     bad_set = {i for i, _ in bad}
     kept = [i for i in range(len(src)) if i not in bad_set]
     for j, i in enumerate(kept):  # compact in place (also in a memory-mapped file); i >= j

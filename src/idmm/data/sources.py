@@ -299,6 +299,12 @@ DATASET_NAMES = sorted(["fashion-mnist", "fmnist-2040", "sklearn-digits", *LAYOU
 # --------------------------------------------------------------------------- public API
 
 
+def dataset_key(spec: str) -> str:
+    """A dataset name as `open_source` knows it: lower case, dashes, aliases resolved."""
+    key = str(spec).strip().lower().replace("_", "-")
+    return _ALIASES.get(key, key)
+
+
 def open_source(spec: str, split: str = "train", root: str | None = None) -> Source | None:
     """Open one split of a dataset; None when the dataset has no such split.
 
@@ -309,8 +315,7 @@ def open_source(spec: str, split: str = "train", root: str | None = None) -> Sou
     spec = os.fspath(spec)  # pathlib.Path works too
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    key = spec.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
+    key = dataset_key(spec)
     if key in ("fashion-mnist", "fmnist-2040"):
         root = None if root is None else os.path.expanduser(root)
         return (_open_fashion_mnist if key == "fashion-mnist" else _open_fmnist_2040)(split, root)

@@ -102,6 +102,11 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes shared files."""
+    return rank_and_world()[0] == 0
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Every process's `x`, concatenated in rank order, with gradients flowing back to each
     process's own rows (the contrastive losses' negatives come from the whole global batch)."""

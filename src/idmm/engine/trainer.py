@@ -303,8 +303,10 @@ class Trainer:
         with rt.autocast():
             loss, _ = self.model(batch)
         value = loss.item()
-        bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=rt.device)
-        if all_reduce_sum(bad).item():  # every process skips or stops together
+        bad = not math.isfinite(value)
+        if rt.distributed:  # every process skips or stops together
+            bad = bool(all_reduce_sum(torch.tensor([float(bad)], device=rt.device)).item())
+        if bad:
             return self.non_finite(value, lr)
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is None:
