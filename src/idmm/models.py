@@ -30,6 +30,12 @@ PRESETS: dict[str, tuple[str, dict]] = {
         "vit_tiny_patch16_224",
         dict(patch_size=4, embed_dim=128, depth=4, num_heads=2),
     ),
+    # 0.9M parameters: the small-CNN reference (ResNet-style, 1 block per stage, output stride 8
+    # so a 28-px image keeps a 4x4 map): what a ViT of the same size is measured against.
+    "resnet_cpu_small": (
+        "resnet18",
+        dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 192), output_stride=8),
+    ),
     # 0.06M parameters: unit tests only.
     "vit_test": ("vit_tiny_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=2)),
 }

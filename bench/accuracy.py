@@ -1,0 +1,218 @@
+"""Accuracy benchmark: IDMM against the baselines and the references, several seeds, one command.
+
+    python bench/accuracy.py --data fmnist-2040 --out runs/accuracy/fmnist2040 \\
+        --json bench/results/accuracy_fmnist2040_cpu.json --plot docs/accuracy_fmnist2040.png
+    python bench/accuracy.py --data sklearn-digits --sweep "" --out runs/accuracy/digits \\
+        --json bench/results/accuracy_digits_cpu.json
+
+Every ViT row uses the same recipe (--config, default the CPU recipe) and the same total epochs:
+each pre-training method runs `idmm compare` (pre-train, kNN, linear probe, fine-tune) once per
+seed; `scratch` is the ViT classifier from random weights for pre-training + fine-tuning epochs;
+`cnn` is a ResNet-style CNN of similar size (resnet_cpu_small) trained the same way. Reference
+rows that need no network: kNN (k=5, cosine) and logistic regression on raw pixels. The IDMM
+sweep re-runs seed 0 with other pre-training epochs (the plot: accuracy against epochs).
+Finished runs under --out are reused, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+from idmm import pipeline  # noqa: E402
+from idmm.api import load_test_data, load_train_data, make_config  # noqa: E402
+from idmm.compare import compare  # noqa: E402
+from idmm.finetune import run_finetune  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CNN = "resnet_cpu_small"
+NATIVE = {"fmnist-2040": 28, "sklearn-digits": 8}  # raw-pixel references at the stored size
+
+
+def data_overrides(data: str) -> dict:
+    """The CPU recipe is written for FMNIST-2040; another dataset drops its subset."""
+    if data == "fmnist-2040":
+        return {}
+    return {"data.source": data, "data.subset_per_class": None}
+
+
+def raw_pixel_references(cfg_path: str, data: str) -> dict:
+    """kNN (k=5, cosine) and logistic regression on the raw grey pixels: seconds, no network."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    cfg = make_config(cfg_path, **data_overrides(data), img_size=NATIVE.get(data, 28))
+    train, test, _ = load_test_data(cfg, load_train_data(cfg))
+
+    def flat(d):
+        return d.images[:, 0].reshape(len(d), -1).numpy() / 255.0, d.labels.numpy()
+
+    (xtr, ytr), (xte, yte) = flat(train), flat(test)
+    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(xtr, ytr)
+    logreg = LogisticRegression(max_iter=2000).fit(xtr, ytr)
+    return {
+        "knn_raw_pixels": float((knn.predict(xte) == yte).mean()),
+        "logreg_raw_pixels": float((logreg.predict(xte) == yte).mean()),
+        "train_images": len(train),
+        "test_images": len(test),
+    }
+
+
+def train_cnn(cfg_path: str, data: str, seed: int, out: Path) -> dict:
+    """The small CNN from scratch with the scratch ViT's recipe and epochs."""
+    cfg = make_config(cfg_path, **data_overrides(data), seed=seed, model=CNN, out=str(out),
+                      resume=True)  # fmt: skip
+    cfg.finetune.init = None
+    cfg.finetune.epochs = cfg.epochs + cfg.finetune.epochs
+    ft = run_finetune(cfg)
+    return {"method": "CNN (resnet_cpu_small)", "pretrain_epochs": 0,
+            "finetune_epochs": cfg.finetune.epochs, "knn_top1": None, "linear_top1": None,
+            "finetune_top1": ft.get("top1"), "minutes": (ft.get("time_s") or 0.0) / 60}  # fmt: skip
+
+
+def sweep(cfg_path: str, data: str, epochs: list[int], out: Path, seed0: Path) -> list[dict]:
+    """IDMM at several pre-training lengths (seed 0, the same fine-tuning): accuracy vs epochs."""
+    rows = []
+    default = make_config(cfg_path).epochs
+    for e in epochs:
+        run_dir = seed0 / "idmm" if e == default else out / f"idmm_{e}ep"
+        r = pipeline.run(cfg_path, **data_overrides(data), epochs=e, out=str(run_dir),
+                         resume=True, seed=0)  # fmt: skip
+        pre = r.get("pretrain", {})
+        rows.append({
+            "pretrain_epochs": e,
+            "knn_top1": r["knn"]["top1"],
+            "linear_top1": r["linear"]["top1"],
+            "finetune_top1": r["finetune"]["top1"],
+            "minutes": ((pre.get("time_s") or 0.0) + (r["finetune"].get("time_s") or 0.0)) / 60,
+        })  # fmt: skip
+    return rows
+
+
+def summarise(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """Mean and (sample) standard deviation over seeds of each method's numbers."""
+    out: dict[str, dict] = {}
+    for rows in per_seed.values():
+        for key, row in rows.items():
+            s = out.setdefault(
+                key,
+                {
+                    "method": row["method"],
+                    "epochs": f"{row['pretrain_epochs']} + {row['finetune_epochs']}",
+                },
+            )
+            for m in ("knn_top1", "linear_top1", "finetune_top1", "minutes"):
+                if row[m] is not None:
+                    s.setdefault(m, []).append(row[m])
+    for s in out.values():
+        for m in ("knn_top1", "linear_top1", "finetune_top1", "minutes"):
+            if m in s:
+                v = s.pop(m)
+                s[m] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1
+                        else 0.0, "n": len(v), "values": v}  # fmt: skip
+    return out
+
+
+def _cell(s: dict, key: str, scale: float = 100.0, digits: int = 1) -> str:
+    if key not in s:
+        return ""
+    m, sd = s[key]["mean"] * scale, s[key]["std"] * scale
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def markdown(summary: dict, refs: dict, seeds: list[int]) -> str:
+    lines = [
+        f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}.",
+        "",
+        "| method | epochs (pre-train + fine-tune) | fine-tune top-1 (%) | kNN top-1 (%) | "
+        "linear top-1 (%) | CPU-minutes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summary.values():
+        lines.append(f"| {s['method']} | {s['epochs']} | {_cell(s, 'finetune_top1')} | "
+                     f"{_cell(s, 'knn_top1')} | {_cell(s, 'linear_top1')} | "
+                     f"{_cell(s, 'minutes', 1.0)} |")  # fmt: skip
+    lines.append(f"| kNN on raw pixels (k=5, cosine) | - | {100 * refs['knn_raw_pixels']:.1f} "
+                 "| | | < 0.1 |")  # fmt: skip
+    lines.append(f"| logistic regression on raw pixels | - | "
+                 f"{100 * refs['logreg_raw_pixels']:.1f} | | | < 1 |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(sweep_rows: list[dict], summary: dict, refs: dict, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2), dpi=120)
+    ax = fig.subplots()
+    x = [r["pretrain_epochs"] for r in sweep_rows]
+    for key, label, style in (("finetune_top1", "IDMM + fine-tuning", "o-"),
+                              ("linear_top1", "IDMM linear probe", "s--"),
+                              ("knn_top1", "IDMM kNN", "^:")):  # fmt: skip
+        ax.plot(x, [100 * r[key] for r in sweep_rows], style, label=label)
+    lines = {"scratch": "ViT from scratch", "cnn": "small CNN from scratch"}
+    for i, (key, label) in enumerate(lines.items()):
+        if key in summary:
+            ax.axhline(100 * summary[key]["finetune_top1"]["mean"], color=f"C{3 + i}", lw=1,
+                       ls="-.", label=f"{label} ({summary[key]['epochs']} ep)")  # fmt: skip
+    ax.axhline(100 * refs["logreg_raw_pixels"], color="grey", lw=1, ls=":",
+               label="logistic regression, raw pixels")  # fmt: skip
+    ax.set(xlabel="IDMM pre-training epochs (fine-tuning epochs fixed)", ylabel="test top-1 (%)",
+           title=title)  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="fmnist-2040", choices=sorted(NATIVE))
+    p.add_argument("--config", default=str(ROOT / "configs/cpu/fmnist2040.yaml"))
+    p.add_argument("--methods", default="idmm,simclr,supcon,dino,scratch")
+    p.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--sweep", default="15,30,60,120", help="IDMM pre-training epochs (seed 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--plot", type=Path, help="accuracy against pre-training epochs (PNG)")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    refs = raw_pixel_references(args.config, args.data)
+    print(f"raw pixels: kNN {100 * refs['knn_raw_pixels']:.2f}%, "
+          f"logistic regression {100 * refs['logreg_raw_pixels']:.2f}%", flush=True)  # fmt: skip
+    per_seed: dict[int, dict[str, dict]] = {}
+    for seed in seeds:
+        d = args.out / f"seed{seed}"
+        rows = compare(args.config, methods=args.methods, out=str(d), seed=seed,
+                       **data_overrides(args.data))  # fmt: skip
+        if args.cnn:
+            rows["cnn"] = train_cnn(args.config, args.data, seed, d / "cnn")
+        per_seed[seed] = rows
+    summary = summarise(per_seed)
+    epochs = [int(e) for e in args.sweep.split(",") if e]
+    sweep_rows = sweep(args.config, args.data, epochs, args.out / "sweep",
+                       args.out / f"seed{seeds[0]}") if epochs else []  # fmt: skip
+    table = markdown(summary, refs, seeds)
+    print(table)
+    result = {"machine": describe(), "data": args.data, "config": args.config, "seeds": seeds,
+              "references": refs, "summary": summary, "sweep": sweep_rows,
+              "per_seed": {str(k): v for k, v in per_seed.items()}}  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot and sweep_rows:
+        plot(sweep_rows, summary, refs, args.plot, f"{args.data}: accuracy vs IDMM pre-training")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
