@@ -46,13 +46,13 @@ CASES = {
 PIPELINES = ("reference", "reference_bf16", "idmm")
 
 
-def write_images(root: Path, side: int) -> Path:
-    """FMNIST-2040's training images as PNG files in ImageFolder layout (class/xxxx.png)."""
+def write_images(root: Path, side: int, per_class: int = 204) -> Path:
+    """FMNIST-2040's training images (or fewer per class) as PNG files in ImageFolder layout."""
     from PIL import Image
 
     from idmm.data.sources import open_source, subset_per_class
 
-    src = subset_per_class(open_source("fmnist-2040", "train"), 204, 0)
+    src = subset_per_class(open_source("fmnist-2040", "train"), per_class, 0)
     folder = root / f"fmnist2040_{side}px"
     for i in range(len(src)):
         d = folder / f"class_{src.labels[i]}"
