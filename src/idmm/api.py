@@ -161,7 +161,7 @@ def resolve(cfg: Config, rt: Runtime, data: CachedData | None) -> None:
 # What a pre-training run writes besides config.yaml; `overwrite=true` removes it first.
 RUN_OUTPUTS = (
     "checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors", "train.log",
-    "model.safetensors", "plots", "stage2", "export",
+    "model.safetensors", "plots", "stage2", "export", "snapshots",
 )  # fmt: skip
 
 
@@ -222,6 +222,17 @@ def knn_monitor(cfg: Config, backbone, train: CachedData, rt: Runtime):
     return hook
 
 
+def snapshots(cfg: Config, backbone, run_dir: Path):
+    """An epoch hook: the backbone every `snapshot_every` epochs (for `idmm analyze`)."""
+
+    def hook(epoch: int) -> dict:
+        if epoch % cfg.snapshot_every == 0:
+            export_backbone(cfg, backbone, run_dir / "snapshots" / f"epoch_{epoch:04d}.safetensors")
+        return {}
+
+    return hook
+
+
 def runtime(cfg: Config) -> Runtime:
     """Device, precision and processes from the environment; the CPU thread count."""
     rt = setup(cfg.device, cfg.precision)
@@ -254,6 +265,8 @@ def pretrain(config: Config | str | Path | None = None, **overrides: Any) -> dic
     hooks = []
     if cfg.knn_every and data.labels is not None:
         hooks.append(knn_monitor(cfg, backbone, data, rt))
+    if cfg.snapshot_every and rt.is_main:
+        hooks.append(snapshots(cfg, backbone, run_dir))
     if rt.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     log.info(

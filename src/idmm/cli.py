@@ -7,6 +7,7 @@ idmm eval knn|linear checkpoint=runs/fm
 idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos/
 idmm compare data=fmnist-2040 methods=idmm,simclr,supcon,dino,scratch out=runs/compare
 idmm transfer sources=fmnist-2040,sklearn-digits targets=fmnist-2040,sklearn-digits out=runs/tr
+idmm analyze runs/compare/idmm runs/compare/simclr runs/compare/scratch
 torchrun --nproc_per_node=2 -m idmm pretrain ...
 """
 
@@ -17,6 +18,7 @@ import json
 import sys
 
 from . import __version__, api, pipeline
+from .analysis import analyze
 from .compare import DEFAULT_METHODS, compare, comparison_table, transfer, transfer_table
 from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
@@ -82,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("settings", nargs="+", metavar="checkpoint=RUN_DIR IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    an = sub.add_parser("analyze", help="t-SNE, alignment/uniformity, instance-head analyses")
+    an.add_argument("settings", nargs="+", metavar="RUN_DIR ... [out=DIR points=2000 "
+                    "coverage_steps=30]")  # fmt: skip
     sub.add_parser("keys", help="list every config key")
     return p
 
@@ -119,6 +124,25 @@ def _predict(args) -> None:
         preds = "  ".join(f"{p['class']} {p['prob'] * 100:.1f}%" for p in r["predictions"])
         preds = preds or f"error: {r['error']}"
         print(f"{r['path']:<{width}}  {preds}")
+
+
+def _analyze(args) -> None:
+    runs = [s for s in args.settings if "=" not in s]
+    kv = parse_overrides([s for s in args.settings if "=" in s])
+    unknown = set(kv) - {"out", "points", "coverage_steps"}
+    if unknown:
+        raise ConfigError(f"idmm analyze: unknown {', '.join(sorted(unknown))}; "
+                          "it takes out=, points=, coverage_steps=")  # fmt: skip
+    results = analyze(runs, kv.get("out"), int(kv.get("points", 2000)),
+                      int(kv.get("coverage_steps", 30)))  # fmt: skip
+    for name, r in results.items():
+        f = r["final"]
+        line = f"{name}: alignment {f['alignment']:.3f} uniformity {f['uniformity']:.3f}"
+        if "head" in r:
+            h = r["head"]
+            line += (f"; head rows: nearest row same class {100 * h['nn_same_class']:.1f}% "
+                     f"(chance {100 * h['chance_same_class']:.1f}%)")  # fmt: skip
+        print(line)
 
 
 def _command(args) -> None:
@@ -159,6 +183,8 @@ def _command(args) -> None:
         print(f"exported to {export(run, kv.pop('out', None))}")
     elif args.command == "predict":
         _predict(args)
+    elif args.command == "analyze":
+        _analyze(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,7 @@ class Config:
     skip_nonfinite: bool = False
     overwrite: bool = False  # start afresh in an out= that already holds a run
     knn_every: int = 0  # online kNN monitor every N epochs (0 = off); needs labels
+    snapshot_every: int = 0  # pre-training: snapshots/epoch_N.safetensors every N epochs
     knn_k: tuple[int, ...] = (10, 20, 100, 200)
     knn_temperature: float = 0.07
     eval_batch_size: int = 512
@@ -311,6 +312,7 @@ def validate(cfg: Config) -> None:
         ("drop_path", 0 <= cfg.drop_path < 1, "in [0, 1)"),
         ("threads", cfg.threads is None or cfg.threads >= 1, "at least 1 (or none)"),
         ("knn_every", cfg.knn_every >= 0, "0 (off) or more"),
+        ("snapshot_every", cfg.snapshot_every >= 0, "0 (off) or more"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, "at least 1"),
         ("lr", cfg.lr is None or cfg.lr > 0, "positive (or none for base_lr x batch / 256)"),
         ("img_size", cfg.img_size is None or cfg.img_size >= 4, "at least 4 (or none)"),
