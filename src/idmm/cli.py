@@ -8,6 +8,7 @@ idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos
 idmm compare data=fmnist-2040 methods=idmm,simclr,supcon,dino,scratch out=runs/compare
 idmm transfer sources=fmnist-2040,sklearn-digits targets=fmnist-2040,sklearn-digits out=runs/tr
 idmm analyze runs/compare/idmm runs/compare/simclr runs/compare/scratch
+idmm report runs/compare/idmm runs/compare/scratch runs/compare/analysis out=report.html
 torchrun --nproc_per_node=2 -m idmm pretrain ...
 """
 
@@ -26,6 +27,7 @@ from .engine.checkpoint import CheckpointError
 from .engine.trainer import TrainingError
 from .export import export, predict
 from .finetune import finetune
+from .report import report
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
@@ -87,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="t-SNE, alignment/uniformity, instance-head analyses")
     an.add_argument("settings", nargs="+", metavar="RUN_DIR ... [out=DIR points=2000 "
                     "coverage_steps=30]")  # fmt: skip
+    rp = sub.add_parser("report", help="one self-contained HTML page comparing runs")
+    rp.add_argument("settings", nargs="+", metavar="RUN_DIR ... [out=report.html]")
     sub.add_parser("keys", help="list every config key")
     return p
 
@@ -145,6 +149,14 @@ def _analyze(args) -> None:
         print(line)
 
 
+def _report(args) -> None:
+    kv = parse_overrides([s for s in args.settings if "=" in s])
+    if set(kv) - {"out"}:
+        raise ConfigError(f"idmm report takes only out=...; got {', '.join(sorted(kv))}")
+    runs = [s for s in args.settings if "=" not in s]
+    print(f"report written to {report(runs, kv.get('out', 'report.html'))}")
+
+
 def _command(args) -> None:
     if args.command == "keys":
         print("\n".join(_defaults()))
@@ -185,6 +197,8 @@ def _command(args) -> None:
         _predict(args)
     elif args.command == "analyze":
         _analyze(args)
+    elif args.command == "report":
+        _report(args)
 
 
 def main(argv: list[str] | None = None) -> int:
