@@ -192,6 +192,8 @@ def build_backbone(cfg: Config, num_classes: int = 0) -> torch.nn.Module:
                 f"{key}={size} is not a multiple of {cfg.model}'s patch size {ps}; "
                 f"use {size - size % ps} or {size + ps - size % ps}"
             )
+    if ps is None:  # CNNs and PVTs downsample a lot: too small an input fails deep inside
+        models.check_input_sizes(model, cfg.model, cfg.img_size, cfg.aug.local_size)
     return model
 
 

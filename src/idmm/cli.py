@@ -8,6 +8,7 @@ idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos
 idmm compare data=fmnist-2040 methods=idmm,simclr,supcon,dino,scratch out=runs/compare
 idmm transfer sources=fmnist-2040,sklearn-digits targets=fmnist-2040,sklearn-digits out=runs/tr
 idmm analyze runs/compare/idmm runs/compare/simclr runs/compare/scratch
+idmm sweep data=fmnist-2040 models=vit_cpu_small,vit_cpu,resnet_cpu_small out=runs/sweep
 idmm report runs/compare/idmm runs/compare/scratch runs/compare/analysis out=report.html
 torchrun --nproc_per_node=2 -m idmm pretrain ...
 """
@@ -28,6 +29,7 @@ from .engine.trainer import TrainingError
 from .export import export, predict
 from .finetune import finetune
 from .report import report
+from .sweep import DEFAULT_MODELS, sweep, sweep_table
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "pre-train, evaluate (kNN, linear), fine-tune, write report.md"),
         ("compare", "methods=idmm,simclr,...,scratch: each pre-trained, evaluated, fine-tuned"),
         ("transfer", "sources=A,B targets=C,D: pre-train on each source, fine-tune on each target"),
+        ("sweep", "models=a,b,c: the same recipe per model; accuracy vs params, FLOPs, latency"),
     ):
         cmd = sub.add_parser(
             name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
@@ -178,6 +181,9 @@ def _command(args) -> None:
         kv = parse_overrides(args.settings)
         rows = compare(args.config, kv.pop("methods", DEFAULT_METHODS), **kv)
         print(comparison_table(rows))
+    elif args.command == "sweep":
+        kv = parse_overrides(args.settings)
+        print(sweep_table(sweep(args.config, kv.pop("models", DEFAULT_MODELS), **kv)))
     elif args.command == "transfer":
         kv = parse_overrides(args.settings)
         usage = "idmm transfer sources=A,B targets=C,D [key=value ...]"

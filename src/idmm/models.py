@@ -108,9 +108,35 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> None:
 
 
 def patch_size(model: nn.Module) -> int | None:
+    """The patch size of a ViT-style (non-overlapping) patch embedding; None for CNNs and for
+    overlapping patch embeddings (PVTv2), which take any image size."""
     pe = getattr(model, "patch_embed", None)
     ps = getattr(pe, "patch_size", None)
-    return ps[0] if isinstance(ps, (tuple, list)) else ps
+    ps = ps[0] if isinstance(ps, (tuple, list)) else ps
+    proj = getattr(pe, "proj", None)
+    if ps is not None and isinstance(proj, nn.Conv2d) and proj.stride != proj.kernel_size:
+        return None
+    return ps
+
+
+@torch.no_grad()
+def check_input_sizes(model: nn.Module, name: str, *sizes: int | None) -> None:
+    """One tiny forward per input size, so that an input the model cannot take (PVTv2's
+    spatial-reduction convolutions need >= 32 px) fails here with a clear message."""
+    was_training = model.training
+    model.eval()
+    try:
+        for size in {s for s in sizes if s}:
+            try:
+                model(torch.zeros(1, 3, size, size))
+            except RuntimeError as e:
+                raise ConfigError(
+                    f"model {name} cannot take {size}-px images ({e}); use a larger img_size "
+                    "(and aug.local_size, finetune.img_size), or a model for small images "
+                    "(vit_cpu_small, resnet_cpu_small)"
+                ) from e
+    finally:
+        model.train(was_training)
 
 
 class PreLogits(nn.Module):
