@@ -35,6 +35,7 @@ def test_analyze_writes_every_analysis(runs, tmp_path, capsys):
     result = json.loads((out / "analysis.json").read_text())
     a, s = result["idmm"], result["scratch"]
     assert a["kind"] == "backbone" and s["kind"] == "classifier"  # the scratch pre-logits
+    assert a["method"] == "idmm" and s["method"] == "scratch"
     for r in (a, s):
         assert len(r["embedding"]) == len(r["labels"]) == 200 and len(r["embedding"][0]) == 2
         assert 0 <= r["final"]["alignment"] <= 4 and r["final"]["uniformity"] <= 0

@@ -165,6 +165,12 @@ def _snapshots(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def _method(cfg: Config, kind: str) -> str:
+    if kind == "backbone":
+        return cfg.method
+    return "fine-tuned" if cfg.finetune.init else "scratch"  # a classifier without pre-training
+
+
 def analyze_run(run: str | Path, n_points: int, coverage_steps: int) -> dict:
     info = resolve_run(run)
     run_dir, cfg = load_run_config(info["dir"])
@@ -177,7 +183,8 @@ def analyze_run(run: str | Path, n_points: int, coverage_steps: int) -> dict:
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n_points]
     feats = extract_features(model, test.images[pick], size, mean, std, rt)
     result: dict[str, Any] = {
-        "run": str(run), "kind": info["kind"], "method": cfg.method, "model": cfg.model,
+        "run": str(run), "kind": info["kind"], "method": _method(cfg, info["kind"]),
+        "model": cfg.model,
         "split": split, "classes": test.classes,
         "embedding": _embed(feats.numpy()).tolist(), "labels": test.labels[pick].tolist(),
         "final": alignment_uniformity(model, train.images[:1024], size, mean, std, cfg.aug, rt),
