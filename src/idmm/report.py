@@ -25,6 +25,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; font-size: 
 th { background: #f3f3f3; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 48%; }
+figure.wide { max-width: 100%; }
 figcaption { font-size: 13px; color: #555; }
 """
 
@@ -52,10 +53,14 @@ def load_run(run: Path) -> dict:
         m = _read_metrics(run / stage / "metrics.jsonl")
         if m:
             metrics["train" if stage == "." else stage] = m
+    config = _flatten(load_yaml(run / "config.yaml"))
+    results = read_results(run)
+    if "pretrain" not in results and "knn" not in results:  # `method` is not what trained it
+        config["method"] = _fine_tuning_kind(config)
     return {
         "name": run.name,
-        "config": _flatten(load_yaml(run / "config.yaml")),
-        "results": read_results(run),
+        "config": config,
+        "results": results,
         "metrics": metrics,
         "confusion": sorted(run.glob("**/plots/confusion*.png")),
         "analysis": sorted(run.glob("analysis/plots/*.png")),
@@ -81,7 +86,7 @@ def accuracy_row(r: dict) -> dict[str, Any]:
     minutes = (res.get("pretrain", {}).get("time_s") or 0) + (ft.get("time_s") or 0)
     return {
         "run": r["name"],
-        "method": res.get("method") or _fine_tuning_kind(r["config"]),
+        "method": res.get("method") or r["config"].get("method"),
         "model": r["config"].get("model"),
         "kNN top-1": res.get("knn", {}).get("top1"),
         "linear top-1": res.get("linear", {}).get("top1"),
@@ -115,9 +120,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(path: Path, caption: str) -> str:
+def _img(path: Path, caption: str, wide: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+    cls = ' class="wide"' if wide else ""
+    return (f'<figure{cls}><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
 
 
@@ -152,7 +158,7 @@ def report(paths: list[str | Path], out: str | Path = "report.html") -> Path:
     series = {f"{r['name']} {s}": m for r in loaded for s, m in r["metrics"].items()}
     if series:
         plots.plot_curves(series, curves, title="loss and accuracy per epoch")
-        parts.append(_img(curves, "training curves"))
+        parts.append(_img(curves, "training curves", wide=True))
         curves.unlink()
     for title, key in (("Confusion matrices", "confusion"), ("Analyses", "analysis"),
                        ("Transfer", "transfer")):  # fmt: skip
