@@ -4,9 +4,9 @@
     python bench/pretrain_step.py --steps 10 --json bench/results/pretrain_step.json
 
 Measures idmm's own step (batched augmentation + CutMix + forward/backward + AdamW) on random
-uint8 images at the cache resolution, after warm-up, as the median of several timed steps. The
-comparison with a conventional per-image DataLoader pipeline is bench/throughput.py's job
-(issue 6); this script is the number the README and docs/benchmarks.md quote for idmm alone.
+uint8 images at the cache resolution, after warm-up, as the median of several timed steps; with
+--compile also under torch.compile. bench/throughput.py compares idmm's step with the
+conventional per-image DataLoader loop on real images and reports the FLOP utilisation.
 """
 
 from __future__ import annotations
