@@ -194,7 +194,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--plot", type=Path, help="accuracy against pre-training epochs (PNG)")
+    p.add_argument("--table-only", action="store_true",
+                   help="print the table (and draw --plot) from an existing --json; train nothing")
     args = p.parse_args()
+    if args.table_only:
+        r = json.loads(args.json.read_text())
+        print(markdown(r["summary"], r["references"], r["seeds"]))
+        if args.plot and r["sweep"]:
+            plot(r["sweep"], r["summary"], r["references"], args.plot,
+                 f"{r['data']}: accuracy vs IDMM pre-training")  # fmt: skip
+        return
     seeds = _ints(args.seeds)
     refs = raw_pixel_references(args.config, args.data)
     print(f"raw pixels: kNN {100 * refs['knn_raw_pixels']:.2f}%, "
