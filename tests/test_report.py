@@ -48,8 +48,8 @@ def test_report_is_self_contained_and_complete(page):
 def test_report_renders_in_headless_chromium(page, tmp_path):
     assert CHROMIUM, "IDMM_REQUIRE_CHROMIUM=1 but chromium is not installed (apt install chromium)"
     profile = f"--user-data-dir={tmp_path / 'profile'}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-           "--v=0", profile, "--dump-dom", page.as_uri()]  # fmt: skip
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--enable-logging=stderr", "--v=0", profile, "--dump-dom", page.as_uri()]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     dom = r.stdout
