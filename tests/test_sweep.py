@@ -36,3 +36,9 @@ def test_a_model_too_small_for_its_input_is_refused_clearly():
     with pytest.raises(ConfigError, match="pvt_v2_b0 cannot take 16-px images"):
         build_backbone(cfg)
     build_backbone(make_config(None, model="pvt_v2_b0", img_size=32))  # 32 px works
+
+
+def test_sweep_model_at_size_syntax_is_checked(tmp_path, capsys):
+    args = ["sweep", "data=sklearn-digits", "models=vit_test@big", f"out={tmp_path}"]
+    assert cli.main(args) == 2
+    assert "MODEL@PIXELS" in capsys.readouterr().err

@@ -1,5 +1,8 @@
 """`idmm sweep models=a,b,c`: the same recipe for several backbones, to pick one per device.
 
+`model@SIZE` runs that model with every crop at SIZE px (e.g. pvt_v2_b0@32: PVTv2's
+spatial-reduction layers need at least 32 px), the rest of the recipe unchanged.
+
 Each model runs `idmm run` (pre-training, kNN, linear probe, fine-tuning) in out/<model>/; then
 its fine-tuned classifier is measured on this machine: parameters, forward FLOPs of one image
 (FlopCounterMode), and inference latency at batch 1 and batch 64 (median wall time, eval mode,
@@ -22,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import pipeline
 from .api import make_config, runtime
 from .compare import _names, _reuse
-from .config import Config
+from .config import Config, ConfigError
 from .engine.checkpoint import write_json
 from .engine.distributed import is_main_process
 from .export import load_model
@@ -62,6 +65,11 @@ def sweep(config: Config | str | Path | None = None, models: str | list[str] = D
     for name in _names(models, "models"):
         c = copy.deepcopy(cfg)
         c.model, c.out, c.baseline = name, str(out / name), False
+        if "@" in name:  # model@SIZE: every crop of this model at SIZE px (PVTv2 needs >= 32)
+            c.model, size = name.split("@", 1)
+            if not size.isdigit():
+                raise ConfigError(f"models=: '{name}' should be MODEL@PIXELS, e.g. pvt_v2_b0@32")
+            c.img_size = c.aug.local_size = c.finetune.img_size = int(size)
         _reuse(c, cfg)
         r = pipeline.run(c)
         rt = runtime(c)
