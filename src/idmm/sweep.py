@@ -121,6 +121,7 @@ def write_sweep(out: Path, rows: dict, cfg: Config) -> None:
 
 def plot_sweep(rows: dict, path: Path, title: str) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(12, 3.8), dpi=110)
     axes = fig.subplots(1, 3)
@@ -134,6 +135,7 @@ def plot_sweep(rows: dict, path: Path, title: str) -> None:
                 ax.plot(r["latency_bs64_ms"] / 64, acc, "x", color=f"C{i}")
         ax.set(xlabel=label, ylabel="fine-tune top-1 (%)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: accuracy against model cost")
