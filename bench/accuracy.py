@@ -31,6 +31,7 @@ from idmm import pipeline  # noqa: E402
 from idmm.api import load_test_data, load_train_data, make_config  # noqa: E402
 from idmm.compare import compare  # noqa: E402
 from idmm.finetune import run_finetune  # noqa: E402
+from idmm.plots import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = "resnet_cpu_small"
@@ -171,9 +172,7 @@ def plot(sweep_rows: list[dict], summary: dict, refs: dict, path: Path, title: s
            title=title)  # fmt: skip
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _ints(text: str) -> list[int]:

@@ -32,6 +32,7 @@ from .data.augment import MultiCrop
 from .engine.checkpoint import load_checkpoint, write_json
 from .eval.features import extract_features
 from .export import load_model
+from .plots import save_figure
 
 LOG = logging.getLogger("idmm")
 
@@ -257,9 +258,7 @@ def plot_embeddings(results: dict, path: Path) -> None:
         ax.set(title=f"{name} ({r['method']})", xticks=[], yticks=[])
     axes[-1].legend(fontsize=6, markerscale=3, loc="best")
     fig.suptitle("t-SNE of the test features, coloured by class")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def plot_alignment_uniformity(results: dict, path: Path) -> None:
@@ -280,9 +279,7 @@ def plot_alignment_uniformity(results: dict, path: Path) -> None:
            title="alignment and uniformity (Wang and Isola)")  # fmt: skip
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def plot_coverage(results: dict, path: Path) -> None:
@@ -311,6 +308,4 @@ def plot_coverage(results: dict, path: Path) -> None:
            title="rows with a positive gradient per step")  # fmt: skip
     ax.legend(fontsize=7)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)

@@ -35,7 +35,7 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
     """Save atomically: a reader never sees a half-written image, a crash leaves no stub file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(true: Any, pred: Any, num_classes: int) -> np.ndarray:
@@ -173,7 +173,7 @@ def plot_confusion(matrix: Any, classes: list[str], path: str | Path, title: str
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(table: dict[str, dict[str, float | None]], path: str | Path, title: str = "") -> Path:
@@ -204,7 +204,7 @@ def plot_bars(table: dict[str, dict[str, float | None]], path: str | Path, title
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heatmap(values: Any, rows: list[str], cols: list[str], path: str | Path,
@@ -229,4 +229,4 @@ def plot_heatmap(values: Any, rows: list[str], cols: list[str], path: str | Path
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -17,6 +17,7 @@ from typing import Any
 from . import plots
 from .config import ConfigError, load_yaml
 from .engine.checkpoint import read_results
+from .engine.log import read_metrics
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -28,12 +29,6 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 4
 figure.wide { max-width: 100%; }
 figcaption { font-size: 13px; color: #555; }
 """
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -50,7 +45,7 @@ def load_run(run: Path) -> dict:
         raise ConfigError(f"{run} is not an idmm run directory (no config.yaml)")
     metrics = {}
     for stage in ("pretrain", "finetune", "scratch", "."):
-        m = _read_metrics(run / stage / "metrics.jsonl")
+        m = read_metrics(run / stage)
         if m:
             metrics["train" if stage == "." else stage] = m
     config = _flatten(load_yaml(run / "config.yaml"))

@@ -30,6 +30,7 @@ from .engine.checkpoint import write_json
 from .engine.distributed import is_main_process
 from .export import load_model
 from .models import count_params
+from .plots import save_figure
 
 DEFAULT_MODELS = "vit_cpu_small,vit_cpu,resnet_cpu_small"
 
@@ -139,6 +140,4 @@ def plot_sweep(rows: dict, path: Path, title: str) -> None:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: accuracy against model cost")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
