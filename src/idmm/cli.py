@@ -25,6 +25,7 @@ from .compare import DEFAULT_METHODS, compare, comparison_table, transfer, trans
 from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
+from .engine.distributed import teardown
 from .engine.trainer import TrainingError
 from .export import export, predict
 from .finetune import finetune
@@ -217,4 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("idmm: interrupted; continue with resume=true", file=sys.stderr)
         return 130
+    finally:
+        # Under torchrun, exiting with the gloo group alive lets its threads abort the process
+        # at interpreter shutdown ("terminate called without an active exception").
+        teardown()
     return 0
