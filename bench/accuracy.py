@@ -46,6 +46,11 @@ def data_overrides(data: str) -> dict:
     return {"data.source": data, "data.subset_per_class": None}
 
 
+def vit_overrides(data: str, model: str | None) -> dict:
+    """Settings of the ViT runs (IDMM, baselines, scratch): --model replaces the recipe's."""
+    return dict(data_overrides(data), **({"model": model} if model else {}))
+
+
 def raw_pixel_references(cfg_path: str, data: str) -> dict:
     """kNN (k=5, cosine) and logistic regression on the raw grey pixels: seconds, no network."""
     from sklearn.linear_model import LogisticRegression
@@ -80,13 +85,14 @@ def train_cnn(cfg_path: str, data: str, seed: int, out: Path) -> dict:
             "finetune_top1": ft.get("top1"), "minutes": (ft.get("time_s") or 0.0) / 60}  # fmt: skip
 
 
-def sweep(cfg_path: str, data: str, epochs: list[int], out: Path, seed0: Path) -> list[dict]:
+def sweep(cfg_path: str, data: str, epochs: list[int], out: Path, seed0: Path,
+          model: str | None = None) -> list[dict]:  # fmt: skip
     """IDMM at several pre-training lengths (seed 0, the same fine-tuning): accuracy vs epochs."""
     rows = []
     default = make_config(cfg_path).epochs
     for e in epochs:
         run_dir = seed0 / "idmm" if e == default else out / f"idmm_{e}ep"
-        r = pipeline.run(cfg_path, **data_overrides(data), epochs=e, out=str(run_dir),
+        r = pipeline.run(cfg_path, **vit_overrides(data, model), epochs=e, out=str(run_dir),
                          resume=True, seed=0)  # fmt: skip
         pre = r.get("pretrain", {})
         rows.append({
@@ -183,6 +189,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="fmnist-2040", choices=sorted(NATIVE))
     p.add_argument("--config", default=str(ROOT / "configs/cpu/fmnist2040.yaml"))
+    p.add_argument("--model", help="the ViT for IDMM, the baselines and scratch (default: the "
+                   "recipe's)")  # fmt: skip
     p.add_argument("--methods", default="idmm,simclr,supcon,dino,scratch")
     p.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seeds", default="0,1,2")
@@ -213,17 +221,18 @@ def main() -> None:
         d = args.out / f"seed{seed}"
         methods = [m for m in args.methods.split(",") if seed in base_seeds or m in ALWAYS]
         rows = compare(args.config, methods=methods, out=str(d), seed=seed,
-                       **data_overrides(args.data))  # fmt: skip
+                       **vit_overrides(args.data, args.model))  # fmt: skip
         if args.cnn:
             rows["cnn"] = train_cnn(args.config, args.data, seed, d / "cnn")
         per_seed[seed] = rows
     summary = summarise(per_seed)
     epochs = _ints(args.sweep)
     sweep_rows = sweep(args.config, args.data, epochs, args.out / "sweep",
-                       args.out / f"seed{seeds[0]}") if epochs else []  # fmt: skip
+                       args.out / f"seed{seeds[0]}", args.model) if epochs else []  # fmt: skip
     table = markdown(summary, refs, seeds)
     print(table)
-    result = {"machine": describe(), "data": args.data, "config": args.config, "seeds": seeds,
+    result = {"machine": describe(), "data": args.data, "config": args.config,
+              "model": args.model or make_config(args.config).model, "seeds": seeds,
               "references": refs, "summary": summary, "sweep": sweep_rows,
               "per_seed": {str(k): v for k, v in per_seed.items()}}  # fmt: skip
     if args.json:

@@ -72,11 +72,15 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
         idmm.pretrain(out=str(broken), **TINY)
     monkeypatch.setattr(trainer.Trainer, "save", real)
     assert load_checkpoint(broken / "checkpoints/last.ckpt")["epoch"] == 2
-    idmm.pretrain(out=str(broken), resume=True, **TINY)
+    results = idmm.pretrain(out=str(broken), resume=True, **TINY)
     a, b = _weights(full), _weights(broken)
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the epoch-3 line written before the crash was dropped and recomputed, not duplicated
     assert _metrics(broken) == _metrics(full)
+    # the reported time spans both processes: all four epochs, not the two after the resume
+    records = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    epoch_s = [r["epoch_time_s"] for r in records if "epoch" in r]
+    assert len(epoch_s) == 4 and results["pretrain"]["time_s"] >= sum(epoch_s)
 
 
 def _metrics(run: Path) -> list:

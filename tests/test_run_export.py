@@ -1,6 +1,7 @@
 """`idmm run` end to end on real Fashion-MNIST pixels, then export, timm loading and predict."""
 
 import json
+from pkgutil import resolve_name
 
 import pytest
 import timm
@@ -9,8 +10,9 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 import idmm
+from idmm.api import build_backbone, export_backbone
 from idmm.cli import main
-from idmm.config import ConfigError
+from idmm.config import ConfigError, build_config
 
 ARGS = ["data=fashion-mnist", "subset_per_class=10", "model=vit_test", "epochs=2",
         "batch_size=25", "finetune.epochs=2", "finetune.batch_size=25", "finetune.eval_every=1",
@@ -56,8 +58,9 @@ def test_eval_linear_cli(run_dir, capsys):
 def _timm_from_export(export_dir):
     info = json.loads((export_dir / "model.json").read_text())
     overlay = dict(info["pretrained_cfg_overlay"], file=str(export_dir / "model.safetensors"))
+    classes = {k: resolve_name(v) for k, v in info["import_kwargs"].items()}
     return info, timm.create_model(
-        info["model"], pretrained=True, pretrained_cfg_overlay=overlay, **info["kwargs"]
+        info["model"], pretrained=True, pretrained_cfg_overlay=overlay, **info["kwargs"], **classes
     ).eval()
 
 
@@ -72,6 +75,20 @@ def test_export_loads_in_plain_timm_with_the_same_outputs(run_dir, tmp_path):
         # the head came along: the logits are the fine-tuned ones, not a fresh random head
         assert torch.allclose(model.head.weight, ours.head.weight)
     assert ours.pretrained_cfg["label_names"] == info["classes"]
+
+
+def test_conv_stem_backbone_exports_to_plain_timm(tmp_path):
+    """The CPU recipe's model passes a class (its stem) to timm: the export names it by import
+    path under import_kwargs, and timm rebuilds the same network from it."""
+    cfg = build_config(overrides={"model": "vit_cpu_small_conv", "img_size": "16",
+                                  "data.mean": "0.3,0.3,0.3", "data.std": "0.3,0.3,0.3"})
+    ours = build_backbone(cfg).eval()
+    export_backbone(cfg, ours, tmp_path / "backbone.safetensors")
+    info, model = _timm_from_export(idmm.export(tmp_path / "backbone.safetensors", tmp_path / "x"))
+    assert info["import_kwargs"] == {"embed_layer": "idmm.models.ConvStem"}
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ours(x), atol=1e-5)
 
 
 def test_backbone_export_loads_in_timm(run_dir, tmp_path):

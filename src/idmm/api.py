@@ -295,7 +295,8 @@ def export_backbone(cfg: Config, backbone, path: Path, **extra: str) -> None:
     meta = {
         "model": cfg.model,
         "timm_arch": arch,
-        "timm_kwargs": json.dumps(kwargs),
+        # a class argument (ConvStem) is written as its import path
+        "timm_kwargs": json.dumps(kwargs, default=lambda c: f"{c.__module__}.{c.__qualname__}"),
         "img_size": str(cfg.img_size),
         "mean": json.dumps(list(cfg.data.mean)),
         "std": json.dumps(list(cfg.data.std)),

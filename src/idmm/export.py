@@ -72,6 +72,9 @@ def describe(meta: dict[str, str], model: nn.Module) -> dict:
     arguments, classes, preprocessing."""
     classes = json.loads(meta.get("classes", "[]"))
     kwargs = dict(json.loads(meta["timm_kwargs"]), num_classes=len(classes))
+    # Classes that timm.create_model needs as objects (idmm.models.ConvStem): import them and
+    # pass them under these names.
+    objects = {k: kwargs.pop(k) for k in ("embed_layer",) if k in kwargs}
     img_size = int(meta["img_size"])
     if models.patch_size(model) is not None:
         kwargs["img_size"] = img_size  # ViTs; CNNs and PVTs take no img_size
@@ -88,6 +91,7 @@ def describe(meta: dict[str, str], model: nn.Module) -> dict:
             "crop_pct": crop,
         },
         "classes": classes,
+        "import_kwargs": objects,
         "idmm_model": meta["model"],
         "method": meta.get("method"),
     }

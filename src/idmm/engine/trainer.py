@@ -111,6 +111,9 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.skipped_steps = 0  # non-finite losses skipped (skip_nonfinite=true)
+        # training seconds over every process that ran this run, so that a run killed and
+        # resumed reports its whole time (benchmarks compare minutes), not the last part's
+        self.train_time_s = 0.0
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -128,6 +131,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "skipped_steps": self.skipped_steps,
+            "train_time_s": self.train_time_s,
         }
 
     def _map_sharded(self, method: dict, opt: dict, fn) -> None:
@@ -180,6 +184,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
+        self.train_time_s = ckpt.get("train_time_s", 0.0)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.rt.is_main:
             drop_metrics_after(self.run_dir, self.epoch)
@@ -217,6 +222,7 @@ class Trainer:
                 last["skipped_steps"] = self.skipped_steps
             for hook in self.hooks:
                 last.update(hook(self.epoch))
+            self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
                 append_metrics(self.run_dir, last)
             # Only after a finite epoch: a NaN never overwrites the last good state. A kill
@@ -234,7 +240,7 @@ class Trainer:
         return {
             "epochs": cfg.epochs,
             "final_loss": last.get("loss"),
-            "time_s": total,
+            "time_s": self.train_time_s,
             "images_per_s": seen / total if seen else None,
             "peak_memory_mb": peak_memory_mb(self.rt.device),
             "skipped_steps": self.skipped_steps,
