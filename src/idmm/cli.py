@@ -8,7 +8,7 @@ idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos
 idmm compare data=fmnist-2040 methods=idmm,simclr,supcon,dino,scratch out=runs/compare
 idmm transfer sources=fmnist-2040,sklearn-digits targets=fmnist-2040,sklearn-digits out=runs/tr
 idmm analyze runs/compare/idmm runs/compare/simclr runs/compare/scratch
-idmm sweep data=fmnist-2040 models=vit_cpu_small,vit_cpu,resnet_cpu_small out=runs/sweep
+idmm sweep data=fmnist-2040 models=vit_cpu_small,vit_cpu_small_conv,resnet_cpu_small out=runs/sweep
 idmm report runs/compare/idmm runs/compare/scratch runs/compare/analysis out=report.html
 torchrun --nproc_per_node=2 -m idmm pretrain ...
 """
@@ -38,7 +38,7 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   method=idmm|simclr|supcon|dino|supervised   the pre-training method (default idmm)
   data.root=DIR        where a named dataset lives;   subset_per_class=204  class-balanced subset
   out=runs/NAME        the run directory;             resume=true  continue it exactly
-  model=auto|vit_cpu_small|vit_cpu|deit_tiny_patch16_224|<any timm model>    img_size=112
+  model=auto|vit_cpu_small_conv|vit_cpu_small|deit_tiny_patch16_224|<timm model>  img_size=112
   epochs=100 batch_size=256 lr=... (default base_lr*batch/256) seed=0 precision=auto|fp32|bf16
   aug.local_size=16    idmm.label_smoothing=0.1    idmm.cutmix_alpha=0.5    knn_every=5
   idmm.head_init=random|imprint   (imprint: what makes short CPU runs learn)

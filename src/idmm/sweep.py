@@ -32,7 +32,7 @@ from .export import load_model
 from .models import count_params
 from .plots import save_figure
 
-DEFAULT_MODELS = "vit_cpu_small,vit_cpu,resnet_cpu_small"
+DEFAULT_MODELS = "vit_cpu_small,vit_cpu_small_conv,vit_cpu,resnet_cpu_small"
 
 
 @torch.no_grad()
