@@ -28,15 +28,18 @@ class ConvStem(HybridEmbed):
     size / 4), ~0.1M more parameters; the locality prior a ViT lacks on a few thousand images
     (FMNIST-2040, 60 + 30 epochs: 84.9% against 79.1% with the patchify stem)."""
 
-    def __init__(self, img_size=224, patch_size=1, in_chans=3, embed_dim=128, widths=(32, 64, 128),
+    def __init__(self, img_size=224, patch_size=4, in_chans=3, embed_dim=128, widths=(32, 64, 128),
                  **kwargs):  # fmt: skip
+        stride = 2 ** (len(widths) - 1)
+        if patch_size not in (stride, (stride, stride)):
+            raise ConfigError(f"ConvStem with {len(widths)} convolutions has stride {stride}; "
+                              f"the model asks for patch_size={patch_size}")  # fmt: skip
         layers, c = [], in_chans
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
             layers += [nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
             c = w
-        # timm's ViT passes its patch_size; the stem's stride is the patch size here, so the
-        # projection on the stem's map is 1x1.
+        # the stem's stride is the ViT's patch size, so the projection on its map is 1x1
         super().__init__(nn.Sequential(*layers), img_size=img_size, patch_size=1,
                          in_chans=in_chans, embed_dim=embed_dim, **kwargs)  # fmt: skip
 
