@@ -72,9 +72,10 @@ def describe(meta: dict[str, str], model: nn.Module) -> dict:
     arguments, classes, preprocessing."""
     classes = json.loads(meta.get("classes", "[]"))
     kwargs = dict(json.loads(meta["timm_kwargs"]), num_classes=len(classes))
-    # Classes that timm.create_model needs as objects (idmm.models.ConvStem): import them and
-    # pass them under these names.
-    objects = {k: kwargs.pop(k) for k in ("embed_layer",) if k in kwargs}
+    # The preset's class arguments (idmm.models.ConvStem), written as import paths: timm needs
+    # them as objects, so they go under import_kwargs, not kwargs.
+    preset = models.PRESETS.get(meta["model"], ("", {}))[1]
+    objects = {k: kwargs.pop(k) for k, v in preset.items() if isinstance(v, type)}
     img_size = int(meta["img_size"])
     if models.patch_size(model) is not None:
         kwargs["img_size"] = img_size  # ViTs; CNNs and PVTs take no img_size
