@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from idmm import pipeline  # noqa: E402
-from idmm.api import load_test_data, load_train_data, make_config  # noqa: E402
-from idmm.compare import compare  # noqa: E402
-from idmm.finetune import run_finetune  # noqa: E402
+from idmm import compare, run  # noqa: E402
+from idmm.builders import load_data, make_config  # noqa: E402
+from idmm.commands.finetune import run_finetune  # noqa: E402
+from idmm.config import finetune_config  # noqa: E402
 from idmm.plots import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,8 @@ def raw_pixel_references(cfg_path: str, data: str) -> dict:
     from sklearn.neighbors import KNeighborsClassifier
 
     cfg = make_config(cfg_path, **data_overrides(data), img_size=NATIVE.get(data, 28))
-    train, test, _ = load_test_data(cfg, load_train_data(cfg))
+    data = load_data(cfg, None)  # the training split, as every idmm run's
+    train, test = data.train, data.test
 
     def flat(d):
         return d.images[:, 0].reshape(len(d), -1).numpy() / 255.0, d.labels.numpy()
@@ -77,11 +78,11 @@ def train_cnn(cfg_path: str, data: str, seed: int, out: Path) -> dict:
     """The small CNN from scratch with the scratch ViT's recipe and epochs."""
     cfg = make_config(cfg_path, **data_overrides(data), seed=seed, model=CNN, out=str(out),
                       resume=True)  # fmt: skip
-    cfg.finetune.init = None
-    cfg.finetune.epochs = cfg.epochs + cfg.finetune.epochs
-    ft = run_finetune(cfg)
+    ft_cfg = finetune_config(cfg)
+    ft_cfg.init, ft_cfg.epochs = None, cfg.epochs + cfg.finetune.epochs
+    ft = run_finetune(ft_cfg)
     return {"method": "CNN (resnet_cpu_small)", "pretrain_epochs": 0,
-            "finetune_epochs": cfg.finetune.epochs, "knn_top1": None, "linear_top1": None,
+            "finetune_epochs": ft_cfg.epochs, "knn_top1": None, "linear_top1": None,
             "finetune_top1": ft.get("top1"), "minutes": (ft.get("time_s") or 0.0) / 60}  # fmt: skip
 
 
@@ -92,8 +93,8 @@ def sweep(cfg_path: str, data: str, epochs: list[int], out: Path, seed0: Path,
     default = make_config(cfg_path).epochs
     for e in epochs:
         run_dir = seed0 / "idmm" if e == default else out / f"idmm_{e}ep"
-        r = pipeline.run(cfg_path, **vit_overrides(data, model), epochs=e, out=str(run_dir),
-                         resume=True, seed=0)  # fmt: skip
+        r = run(cfg_path, **vit_overrides(data, model), epochs=e, out=str(run_dir),
+                resume=True, seed=0)  # fmt: skip
         pre = r.get("pretrain", {})
         rows.append({
             "pretrain_epochs": e,

@@ -14,8 +14,9 @@ import torch
 from machine import tree_peak_rss_mb
 from step_flops import step_gflop
 
-from idmm.api import build_method, load_train_data, make_config, resolve, runtime
+from idmm.builders import build_method, load_data, make_config, resolve, runtime
 from idmm.engine.trainer import Trainer
+from idmm.rundir import RunDir
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs/cpu/fmnist2040.yaml"
 
@@ -29,11 +30,11 @@ class IdmmLoop:
                              "data.subset_per_class": None})  # fmt: skip
         rt = runtime(cfg)
         t = time.perf_counter()
-        data = load_train_data(cfg)
+        data = load_data(cfg, None, with_test=False).train
         self.cache_s = time.perf_counter() - t  # decoded once per run, not per epoch
         resolve(cfg, rt, data)
         method = build_method(cfg, rt, len(data), len(data.classes))
-        self.trainer = Trainer(cfg, method, data, rt, Path(self.tmp), logging.getLogger("bench"))
+        self.trainer = Trainer(cfg, method, data, rt, RunDir(self.tmp), logging.getLogger("bench"))
         self.cfg, self.rt, self.data_s = cfg, rt, 0.0
         prepare = method.prepare
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idmm.api import build_method
+from idmm.builders import build_method
 from idmm.config import build_config
 from idmm.engine.distributed import setup
 from idmm.engine.trainer import peak_memory_mb

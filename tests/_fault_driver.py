@@ -13,7 +13,8 @@ import sys
 import torch
 
 from idmm import cli
-from idmm.engine import checkpoint, trainer
+from idmm.engine import checkpoint
+from idmm.rundir import RunDir
 
 kind, n = os.environ["IDMM_KILL"].split(":")
 count = {"n": 0}
@@ -49,12 +50,12 @@ elif kind == "save":
 
     checkpoint.torch.save = save
 elif kind == "epoch":
-    real_append = trainer.append_metrics
+    real_append = RunDir.append_metrics
 
-    def append(run_dir, record):
-        real_append(run_dir, record)
+    def append(run, record):
+        real_append(run, record)
         if "epoch" in record and reached():
             die()
 
-    trainer.append_metrics = append
+    RunDir.append_metrics = append
 sys.exit(cli.main(sys.argv[1:]))

@@ -42,12 +42,12 @@ def test_analyze_writes_every_analysis(runs, tmp_path, capsys):
     assert [e["epoch"] for e in a["over_epochs"]] == [1, 2]  # one per snapshot
     assert a["over_epochs"][-1]["alignment"] == pytest.approx(a["final"]["alignment"])
     head = a["head"]
-    assert head["rows"] == 1442 and 0 <= head["nn_same_class"] <= 1
+    assert head["rows"] == 1297 and 0 <= head["nn_same_class"] <= 1
     cov = a["gradient_coverage"]
     # without smoothing only the batch's own rows have a target (CutMix mixes within the
-    # batch); with smoothing every row gets 384 crops x 0.1 / 1442 = 0.027 >= 0.01
-    assert cov["neither"]["rows_with_target"] == pytest.approx(64 / 1442)
-    assert cov["cutmix only"]["rows_with_target"] == pytest.approx(64 / 1442)
+    # batch); with smoothing every row gets 384 crops x 0.1 / 1297 = 0.030 >= 0.01
+    assert cov["neither"]["rows_with_target"] == pytest.approx(64 / 1297)
+    assert cov["cutmix only"]["rows_with_target"] == pytest.approx(64 / 1297)
     assert cov["smoothing only"]["rows_with_target"] == 1.0
     assert cov["cutmix+smoothing"]["rows_pulled"] <= cov["cutmix+smoothing"]["rows_with_target"]
     assert "gradient_coverage" not in s and "head" not in s
@@ -59,7 +59,7 @@ def test_analyze_rejects_unknown_settings_and_missing_runs(tmp_path, capsys):
     assert cli.main(["analyze", str(tmp_path), "colour=red"]) == 2
     assert "colour" in capsys.readouterr().err
     assert cli.main(["analyze", str(tmp_path)]) == 2
-    assert "no backbone.safetensors" in capsys.readouterr().err
+    assert "not an idmm run directory" in capsys.readouterr().err
 
 
 def test_head_structure_of_class_prototypes():

@@ -12,6 +12,7 @@ from fixtures_data import pixels, write_image
 from PIL import Image
 
 import idmm
+from idmm.builders import load_data
 from idmm.data.cache import build_cache
 from idmm.data.sources import DataError, open_source
 
@@ -165,12 +166,11 @@ def test_test_split_with_an_unknown_label_is_refused(tmp_path):
     training data lacks is an error, and a test split without some class still lines up."""
     path = _csv_dataset(tmp_path, ["0.png,cat", "1.png,dog", "2.png,eel"], ["3.png,eel"])
     cfg = idmm.make_config(data=path, img_size=8)
-    train = idmm.api.load_train_data(cfg)
-    _, test, split = idmm.api.load_test_data(cfg, train)
-    assert split == "test" and test.labels.tolist() == [2]  # eel: index 2 in training
+    data = load_data(cfg, None)
+    assert data.splits.test_from == "dataset" and data.test.labels.tolist() == [2]  # eel: 2
     _csv_dataset(tmp_path, ["0.png,cat", "1.png,dog"], ["3.png,owl"])
     with pytest.raises(DataError, match=r"classes the training data lacks: \['owl'\]"):
-        idmm.api.load_test_data(cfg, idmm.api.load_train_data(cfg))
+        load_data(cfg, None)
 
 
 def test_csv_missing_file_and_escaping_path(tmp_path):
@@ -185,7 +185,7 @@ def test_csv_missing_file_and_escaping_path(tmp_path):
 def test_predict_reports_bad_images_and_predicts_the_rest(tmp_path, monkeypatch):
     run = tmp_path / "ft"
     root = _folder_with(tmp_path, "ok.png", lambda p: write_image(p, 2))
-    idmm.finetune(data=str(root), model="vit_test", img_size=16, batch_size=4, epochs=1,
+    idmm.finetune(data=str(root), model="vit_test", img_size=16, batch_size=2, epochs=1,
                   out=str(run), progress="log")  # fmt: skip
     bad = tmp_path / "in"
     bad.mkdir()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchrun_helpers import run_worker
 
 import idmm
-from idmm.api import build_method, make_config, resolve
+from idmm.builders import build_method, make_config, resolve
 from idmm.engine.distributed import Runtime
 from idmm.losses import multi_positive_contrastive
 

@@ -10,11 +10,10 @@ from safetensors.torch import load_file
 
 import idmm
 from idmm import models
-from idmm.api import build_method
-from idmm.config import ConfigError, build_config
+from idmm.builders import build_method
+from idmm.config import ConfigError, FinetuneConfig, build_config
 from idmm.data.sources import DataError
 from idmm.engine.distributed import Runtime
-from idmm.finetune import stage_config
 from idmm.methods import supervised
 from tests.fixtures_data import make_class_folder
 
@@ -79,9 +78,9 @@ def test_mixup_on_even_epochs_cutmix_on_odd(monkeypatch, uint8_batch):
         supervised, "cutmix", lambda *a, **k: calls.append("cutmix") or real_cutmix(*a, **k)
     )
     cfg = build_config(None, {"model": "vit_test", "img_size": 28, "data.mean": "0.3,0.3,0.3",
-                              "data.std": "0.35,0.35,0.35"})  # fmt: skip
+                              "data.std": "0.35,0.35,0.35"}, schema=FinetuneConfig)  # fmt: skip
     rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
-    method = build_method(stage_config(cfg, 1, "x", 1), rt, 16, 10)
+    method = build_method(cfg, rt, 16, 10, "supervised")
     labels = torch.arange(16) % 10
     rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
     for epoch in range(4):
@@ -115,14 +114,15 @@ def test_init_loads_the_backbone_scratch_does_not(tmp_path):
 def test_finetune_reports_and_resumes(tmp_path):
     out = tmp_path / "ft"
     r = idmm.finetune(out=str(out), **dict(TINY, epochs=3, **{"finetune.eval_every": 1}))
-    assert 0 <= r["top1"] <= r["top1_best"] <= 1 and r["top1"] <= r["top5"] <= 1
-    assert r["test_split"] == "test" and r["test_images"] == 10000
+    assert 0 <= r["val_top1"] <= r["val_top1_best"] <= 1 and r["top1"] <= r["top5"] <= 1
+    assert r["test_split"] == "dataset" and r["test_images"] == 10000 and r["val_images"] == 10
     assert set(r["per_class"]) == set(idmm.load_model(out).pretrained_cfg["label_names"])
     saved = json.loads((out / "results.json").read_text())["finetune"]
     assert saved["top1"] == r["top1"]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in records if "epoch" in x] == [1, 2, 3]
-    assert r["top1_best"] == max(x["test_top1"] for x in records if "test_top1" in x)
+    assert r["val_top1_best"] == max(x["val_top1"] for x in records if "val_top1" in x)
+    assert not any("test_top1" in x for x in records)  # test is evaluated once, at the end
     assert (out / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="resume=true"):
         idmm.finetune(out=str(out), **TINY)
@@ -135,7 +135,9 @@ def test_user_validation_folder(tmp_path):
     r = idmm.finetune(out=str(tmp_path / "ft"), img_size=28,
                       **{**TINY, "data": str(train), "subset_per_class": None, "data.val": str(val),
                          "batch_size": 8})  # fmt: skip
-    assert r["test_split"] == "val" and r["test_images"] == 6
+    # data.val is the validation split; the test split is held out of the training folder
+    assert r["val_images"] == 6 and r["test_split"] == "holdout" and r["test_images"] == 4
+    assert r["train_images"] == 20
     make_class_folder(tmp_path / "bad", {"a": 1, "zebra": 1})
     with pytest.raises(DataError, match="zebra"):
         idmm.finetune(out=str(tmp_path / "ft2"), img_size=28,
@@ -163,7 +165,7 @@ def test_paper_recipe_runs_both_fine_tuning_stages(tmp_path):
     make_flowers102(tmp_path / "data")
     recipe = Path(__file__).parents[1] / "configs" / "paper" / "flowers102_deit_tiny.yaml"
     small = {"data.root": str(tmp_path / "data"), "img_size": 32, "aug.local_size": 32,
-             "epochs": 1, "batch_size": 4, "finetune.epochs": 1, "finetune.batch_size": 4,
+             "epochs": 1, "batch_size": 2, "finetune.epochs": 1, "finetune.batch_size": 2,
              "finetune.img_size": 64, "finetune.stage2_img_size": 96, "finetune.stage2_epochs": 1,
              "linear.epochs": 2, "threads": 2, "progress": "log"}  # fmt: skip
     results = idmm.run(str(recipe), out=str(tmp_path / "run"), **small)

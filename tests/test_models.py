@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from idmm.api import build_backbone
+from idmm.builders import build_backbone
 from idmm.config import ConfigError, build_config
 from idmm.models import create_backbone, resolve_model, set_fused_attention
 

@@ -141,10 +141,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(IDMM, "forward", poisoned)
     run = tmp_path / "run"
-    match = r"loss is nan at epoch 2, step 6.*last good checkpoint"
-    with pytest.raises(TrainingError, match=match):
-        idmm.pretrain(out=str(run), **TINY)  # 4 steps per epoch: step 6 is in epoch 2
-    assert load_checkpoint(run / "checkpoints/last.ckpt")["epoch"] == 1
+    match = r"loss is nan at epoch 3, step 6.*last good checkpoint"
+    with pytest.raises(TrainingError, match=match):  # 180 training images (20 are validation):
+        idmm.pretrain(out=str(run), **TINY)  # 3 steps per epoch, the 7th step is in epoch 3
+    assert load_checkpoint(run / "checkpoints/last.ckpt")["epoch"] == 2
 
 
 def test_existing_run_is_not_overwritten_silently(tmp_path):
@@ -185,16 +185,17 @@ def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
         assert main([*args, f"out={tmp_path}/r2", "data.skip_bad=true"]) == 0
     assert (tmp_path / "r2" / "backbone.safetensors").is_file()
     assert "skipped 1 unreadable images" in (tmp_path / "r2" / "train.log").read_text()
-    # no test split in the folder: kNN holds out a stratified fifth of the training images
+    # no test split in the folder: a stratified fifth of the images is the test split (and a
+    # tenth the validation split), decided by pre-training and read back by the evaluation
     with pytest.warns(UserWarning, match=r"broken\.jpg"):  # the run's skip_bad applies too
         assert main(["eval", "knn", f"checkpoint={tmp_path}/r2"]) == 0
     knn = json.loads((tmp_path / "r2" / "results.json").read_text())["knn"]
     assert knn["test_split"] == "holdout" and knn["test_images"] == 2
-    assert knn["train_images"] == 10 and 0 <= knn["top1"] <= 1
+    assert knn["train_images"] == 8 and knn["val_images"] == 2 and 0 <= knn["top1"] <= 1
 
 
 def test_imprinted_head_starts_as_each_images_feature(uint8_batch):
-    from idmm.api import build_backbone
+    from idmm.builders import build_backbone
     from idmm.config import build_config
     from idmm.data.augment import MultiCrop
     from idmm.engine.distributed import Runtime
@@ -236,7 +237,8 @@ def test_knn_of_a_run_on_another_dataset(tmp_path):
     run = tmp_path / "run"
     idmm.pretrain(out=str(run), **dict(TINY, epochs=1))
     knn = idmm.evaluate_knn(run, data=str(tmp_path / "imgs"))  # FMNIST-2040's subset not applied
-    assert knn["data"] == str(tmp_path / "imgs") and knn["train_images"] == 8
+    # the other data is split by its own rules: 1 test and 1 validation image per class
+    assert knn["data"] == str(tmp_path / "imgs") and knn["train_images"] == 6
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 import idmm
-from idmm.api import build_backbone, export_backbone
+from idmm.builders import build_backbone, export_backbone
 from idmm.cli import main
 from idmm.config import ConfigError, build_config
 
@@ -38,7 +38,7 @@ def test_run_writes_every_promised_file(run_dir, capsys):
     for key in ("knn", "linear", "finetune", "scratch"):
         assert 0.0 <= results[key]["top1"] <= 1.0, key
     ft = results["finetune"]
-    assert ft["top1"] <= ft["top1_best"] and ft["top1"] <= ft["top5"]
+    assert ft["val_top1"] <= ft["val_top1_best"] and ft["top1"] <= ft["top5"]
     assert results["scratch"]["epochs"] == 4  # the same total epochs as 2 + 2
     report = (run_dir / "report.md").read_text()
     assert f"{ft['top1'] * 100:.2f}%" in report and "plots/curves.png" in report
@@ -83,7 +83,7 @@ def test_conv_stem_backbone_exports_to_plain_timm(tmp_path):
     cfg = build_config(overrides={"model": "vit_cpu_small_conv", "img_size": "16",
                                   "data.mean": "0.3,0.3,0.3", "data.std": "0.3,0.3,0.3"})
     ours = build_backbone(cfg).eval()
-    export_backbone(cfg, ours, tmp_path / "backbone.safetensors")
+    export_backbone(cfg, ours, tmp_path / "backbone.safetensors", "idmm")
     info, model = _timm_from_export(idmm.export(tmp_path / "backbone.safetensors", tmp_path / "x"))
     assert info["import_kwargs"] == {"embed_layer": "idmm.models.ConvStem"}
     x = torch.randn(2, 3, 16, 16)
@@ -146,19 +146,21 @@ def test_predict_errors_are_clear(run_dir, tmp_path, capsys):
     assert "no trained model" in capsys.readouterr().err
 
 
-def test_knn_then_linear_compute_the_features_once(run_dir, monkeypatch):
-    from idmm import api
+def test_knn_and_linear_share_one_feature_pass(run_dir, monkeypatch):
+    """What `idmm run` does: the frozen features are computed once and passed to both probes
+    (no cache hidden in a module: a second evaluation computes them again)."""
+    from idmm.commands import evaluate
 
     calls = []
-    real = api.extract_features
-    monkeypatch.setattr(api, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
-    api._FEATURES.clear()
-    idmm.evaluate_knn(run_dir / "pretrain")
-    assert len(calls) == 2  # train and test
-    idmm.evaluate_linear(run_dir / "pretrain", **{"linear.epochs": 5})
-    assert len(calls) == 2
-    idmm.evaluate_knn(run_dir / "pretrain", seed=1)  # another holdout seed: new features
-    assert len(calls) == 4
+    real = evaluate.extract_features
+    monkeypatch.setattr(evaluate, "extract_features",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))  # fmt: skip
+    feats = evaluate.frozen_features(run_dir / "pretrain", **{"linear.epochs": 5})
+    assert len(calls) == 3  # train, val and test splits
+    evaluate.knn(feats), evaluate.linear(feats)
+    assert len(calls) == 3
+    idmm.evaluate_knn(run_dir)  # an `idmm run` directory: its pre-training is evaluated
+    assert len(calls) == 6
 
 
 def test_resuming_a_finished_run_keeps_its_numbers(run_dir, capsys):

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import idmm
-from idmm import api, cli
+from idmm import cli
+from idmm.commands import pretrain as pretrain_command
 from idmm.config import ALIASES, CHOICES, ConfigError, all_keys, build_config, parse_overrides
 
 KEYS = all_keys() + list(ALIASES)
@@ -49,7 +50,7 @@ def test_the_cli_never_prints_a_traceback(monkeypatch, capsys, pairs):
     def stop(cfg):
         raise _Stop
 
-    monkeypatch.setattr(api, "start_run", stop)
+    monkeypatch.setattr(pretrain_command, "start_run", stop)
     args = [f"{k}={v}" for k, v in pairs if k.strip() not in ("out", "resume", "overwrite")]
     try:
         code = cli.main(["pretrain", *args])
@@ -71,8 +72,8 @@ def _fails_before_training(tmp_path, capsys, *args) -> str:
 
 
 @pytest.mark.parametrize("args,says", [
-    (["batch_size=64"], "batch_size=64 x 1 process(es) is larger than the 40 training images; "
-                        "set batch_size<=40"),
+    (["batch_size=64"], "batch_size=64 x 1 process(es) is larger than the 30 training images; "
+                        "set batch_size<=30"),
     (["epochs=0"], "'epochs' must be at least 1"),
     (["model=vit_tiny_patch17"], "unknown model 'vit_tiny_patch17'"),
     (["img_size=18"], "img_size=18 is not a multiple of vit_test's patch size 4; use 16 or 20"),

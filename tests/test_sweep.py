@@ -7,7 +7,7 @@ import json
 import pytest
 
 from idmm import cli
-from idmm.api import build_backbone, make_config
+from idmm.builders import build_backbone, make_config
 from idmm.config import ConfigError
 
 

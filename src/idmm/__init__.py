@@ -1,18 +1,29 @@
-"""idmm: train Vision Transformers from scratch on small datasets (IDMM, Cao, Yu, Wu, ECCV 2022)."""
+"""idmm: train Vision Transformers from scratch on small datasets (IDMM, Cao, Yu, Wu, ECCV 2022).
 
-from .api import evaluate_knn, evaluate_linear, load_run_config, make_config, pretrain
-from .compare import compare, transfer
-from .config import Config, ConfigError
+The public API: one function per verb of the command line, with the same key names.
+"""
+
+from .builders import make_config
+from .commands.compare import compare
+from .commands.evaluate import evaluate_knn, evaluate_linear
+from .commands.export import export, load_model, predict
+from .commands.finetune import finetune
+from .commands.pretrain import pretrain
+from .commands.run import run
+from .commands.transfer import transfer
+from .config import Config, ConfigError, FinetuneConfig, PretrainConfig, RunConfig
 from .data.sources import DataError
-from .export import export, load_model, predict
-from .finetune import finetune
-from .pipeline import run
+from .rundir import RunDir
 
 __version__ = "0.1.0"
 __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "FinetuneConfig",
+    "PretrainConfig",
+    "RunConfig",
+    "RunDir",
     "__version__",
     "compare",
     "evaluate_knn",
@@ -20,7 +31,6 @@ __all__ = [
     "export",
     "finetune",
     "load_model",
-    "load_run_config",
     "make_config",
     "predict",
     "pretrain",

@@ -1,4 +1,4 @@
-"""`idmm analyze RUN_DIR ...`: the paper's analyses of a representation, for any run.
+"""The paper's analyses of a representation (what `idmm analyze` computes and plots):
 
 - a 2-D t-SNE of the test features, coloured by class, one panel per run;
 - alignment and uniformity (Wang and Isola, 2020) of the L2-normalised features of two augmented
@@ -8,16 +8,12 @@
   what "instance discrimination equals clustering" predicts, and how many rows get a
   non-negligible positive (pulling) gradient per step with and without CutMix and label
   smoothing, measured on a short run of each.
-
-A run is an `idmm run` directory (its pre-trained backbone is analysed), a pre-training run, or a
-fine-tuning run (e.g. supervised from scratch: the classifier's penultimate features).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import models
-from .api import build_method, load_run_config, load_test_data, load_train_data, resolve, runtime
-from .config import Config, ConfigError
+from .builders import build_method
 from .data.augment import MultiCrop
-from .engine.checkpoint import load_checkpoint, write_json
-from .eval.features import extract_features
-from .export import load_model
+from .data.cache import CachedData
+from .engine.distributed import Runtime
+from .engine.trainer import Trainer
 from .plots import save_figure
+from .rundir import RunDir
 
 LOG = logging.getLogger("idmm")
-
-
-def resolve_run(run: str | Path) -> dict:
-    """Where a run's representation lives: (pre-trained) backbone or fine-tuned classifier."""
-    d = Path(run)
-    for sub in ("pretrain", "."):
-        if (d / sub / "backbone.safetensors").is_file():
-            rd = (d / sub).resolve()
-            return {"dir": rd, "weights": rd / "backbone.safetensors", "kind": "backbone"}
-    for name in ("stage2/model.safetensors", "model.safetensors"):
-        if (d / name).is_file():
-            return {"dir": d.resolve(), "weights": d / name, "kind": "classifier"}
-    raise ConfigError(f"{d}: no backbone.safetensors or model.safetensors; pass a finished run")
-
-
-def load_representation(weights: Path, kind: str) -> torch.nn.Module:
-    model = load_model(weights)
-    return models.PreLogits(model).eval() if kind == "classifier" else model
 
 
 def alignment_uniformity(model, images, size, mean, std, aug, rt, seed: int = 0) -> dict:
@@ -94,7 +71,8 @@ def head_structure(weight: torch.Tensor, labels: torch.Tensor) -> dict:
     }
 
 
-def gradient_coverage(cfg: Config, steps: int, threshold: float = 0.01) -> dict:
+def gradient_coverage(cfg: Any, data: CachedData, rt: Runtime, steps: int,
+                      threshold: float = 0.01) -> dict:  # fmt: skip
     """How many instance-head rows get a positive gradient per step, for each CutMix /
     label-smoothing setting, measured over `steps` steps of a fresh run of each.
 
@@ -102,9 +80,6 @@ def gradient_coverage(cfg: Config, steps: int, threshold: float = 0.01) -> dict:
     pulls it towards the crops' features, the softmax term pushes. Two counts, as fractions of
     the N rows, averaged over steps: rows whose target mass sum_b q_bj reaches `threshold` (a sole
     clean target gives 1), and rows whose net pull sum_b max(q_bj - p_bj, 0) does."""
-    rt = runtime(cfg)
-    data = load_train_data(cfg)
-    resolve(cfg, rt, data)
     out: dict[str, Any] = {}
     for name, cm, ls in (("cutmix+smoothing", True, True), ("cutmix only", True, False),
                          ("smoothing only", False, True), ("neither", False, False)):  # fmt: skip
@@ -116,9 +91,7 @@ def gradient_coverage(cfg: Config, steps: int, threshold: float = 0.01) -> dict:
     return out
 
 
-def _row_coverage(cfg: Config, data, rt, steps: int, threshold: float) -> dict:
-    from .engine.trainer import Trainer
-
+def _row_coverage(cfg: Any, data: CachedData, rt: Runtime, steps: int, threshold: float) -> dict:
     cfg.epochs = steps // max(1, len(data) // cfg.batch_size) + 1  # the lr schedule's length
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, rt, len(data), len(data.classes))
@@ -135,7 +108,7 @@ def _row_coverage(cfg: Config, data, rt, steps: int, threshold: float) -> dict:
         logits.register_hook(on_grad)
 
     method.head.register_forward_hook(on_logits)
-    trainer = Trainer(cfg, method, data, rt, Path(cfg.out), LOG)
+    trainer = Trainer(cfg, method, data, rt, RunDir(cfg.out), LOG)
     method.on_train_start(trainer.images)
     rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
     with_target, pulled = [], []
@@ -148,7 +121,7 @@ def _row_coverage(cfg: Config, data, rt, steps: int, threshold: float) -> dict:
             "rows_pulled": float(np.mean(pulled))}  # fmt: skip
 
 
-def _embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
+def embed_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
     try:
         import umap  # optional: faster and keeps more global structure
 
@@ -157,92 +130,6 @@ def _embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         return TSNE(init="pca", random_state=seed, perplexity=30).fit_transform(features)
-
-
-def _snapshots(run_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in sorted((run_dir / "snapshots").glob("epoch_*.safetensors")):
-        found.append((int(re.findall(r"\d+", p.stem)[0]), p))
-    return found
-
-
-def _method(cfg: Config, kind: str) -> str:
-    if kind == "backbone":
-        return cfg.method
-    return "fine-tuned" if cfg.finetune.init else "scratch"  # a classifier without pre-training
-
-
-def analyze_run(run: str | Path, n_points: int, coverage_steps: int) -> dict:
-    info = resolve_run(run)
-    run_dir, cfg = load_run_config(info["dir"])
-    rt = runtime(cfg)
-    model = load_representation(info["weights"], info["kind"]).to(rt.device)
-    pc = model.pretrained_cfg if info["kind"] == "backbone" else model.model.pretrained_cfg
-    size, mean, std = pc["input_size"][-1], pc["mean"], pc["std"]
-    cfg.img_size = size
-    train, test, split = load_test_data(cfg, load_train_data(cfg))
-    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n_points]
-    feats = extract_features(model, test.images[pick], size, mean, std, rt)
-    result: dict[str, Any] = {
-        "run": str(run), "kind": info["kind"], "method": _method(cfg, info["kind"]),
-        "model": cfg.model,
-        "split": split, "classes": test.classes,
-        "embedding": _embed(feats.numpy()).tolist(), "labels": test.labels[pick].tolist(),
-        "final": alignment_uniformity(model, train.images[:1024], size, mean, std, cfg.aug, rt),
-    }  # fmt: skip
-    result["final"]["epoch"] = cfg.epochs if info["kind"] == "backbone" else None
-    result["over_epochs"] = []
-    for epoch, path in _snapshots(run_dir):
-        snap = load_representation(path, "backbone").to(rt.device)
-        au = alignment_uniformity(snap, train.images[:1024], size, mean, std, cfg.aug, rt)
-        result["over_epochs"].append({"epoch": epoch, **au})
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.method == "idmm" and info["kind"] == "backbone" and ckpt.is_file():
-        head = load_checkpoint(ckpt)["method"]["head.weight"]
-        rows = load_train_data(cfg).labels  # row i = training image i, as pre-training saw them
-        result["head"] = head_structure(head, rows)
-        if coverage_steps:
-            c = copy.deepcopy(cfg)
-            c.out = str(run_dir / "analysis_tmp")
-            result["gradient_coverage"] = gradient_coverage(c, coverage_steps)
-    return result
-
-
-def run_name(run: str | Path) -> str:
-    return Path(str(run).rstrip("/")).name or str(run)
-
-
-def analyze(runs: list[str | Path], out: str | Path | None = None, points: int = 2000,
-            coverage_steps: int = 30) -> dict:  # fmt: skip
-    """Analyse each run; writes OUT/analysis.json and OUT/plots/*.png. OUT defaults to
-    RUN/analysis for one run and to the runs' common parent/analysis for several."""
-    if not runs:
-        raise ConfigError("idmm analyze needs at least one run directory")
-    paths = [Path(r) for r in runs]
-    if out is None:
-        out = paths[0] / "analysis" if len(paths) == 1 else _common_parent(paths) / "analysis"
-    out = Path(out)
-    results = {}
-    for p in paths:
-        LOG.info(f"analysing {p}")
-        results[run_name(p)] = analyze_run(p, points, coverage_steps)
-    plots_dir = out / "plots"
-    plot_embeddings(results, plots_dir / "embedding.png")
-    plot_alignment_uniformity(results, plots_dir / "alignment_uniformity.png")
-    if any("gradient_coverage" in r for r in results.values()):
-        plot_coverage(results, plots_dir / "head_gradient_coverage.png")
-    write_json(out / "analysis.json", results)
-    return results
-
-
-def _common_parent(paths: list[Path]) -> Path:
-    parts = [p.resolve().parts for p in paths]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) > 1:
-            break
-        common.append(level[0])
-    return Path(*common) if common else Path(".")
 
 
 def plot_embeddings(results: dict, path: Path) -> None:

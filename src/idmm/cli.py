@@ -1,4 +1,4 @@
-"""Command line: subcommands -> config -> the Python API, nothing else.
+"""Command line: a table of verbs, each parsing its settings and calling idmm.commands.<verb>.
 
 idmm run data=fashion-mnist subset_per_class=204 out=runs/fm baseline=true
 idmm pretrain data=fashion-mnist subset_per_class=204 out=runs/fm epochs=50
@@ -19,18 +19,22 @@ import argparse
 import json
 import sys
 
-from . import __version__, api, pipeline
-from .analysis import analyze
-from .compare import DEFAULT_METHODS, compare, comparison_table, transfer, transfer_table
-from .config import Config, ConfigError, all_keys, parse_overrides, to_dict
+from . import __version__
+from .commands.analyze import analyze
+from .commands.compare import DEFAULT_METHODS, compare, comparison_table
+from .commands.evaluate import evaluate_knn, evaluate_linear
+from .commands.export import export, predict
+from .commands.finetune import finetune
+from .commands.pretrain import pretrain
+from .commands.report import report
+from .commands.run import run, summary_table
+from .commands.sweep import DEFAULT_MODELS, sweep, sweep_table
+from .commands.transfer import transfer, transfer_table
+from .config import ConfigError, RunConfig, all_keys, parse_overrides, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
 from .engine.distributed import teardown
 from .engine.trainer import TrainingError
-from .export import export, predict
-from .finetune import finetune
-from .report import report
-from .sweep import DEFAULT_MODELS, sweep, sweep_table
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
@@ -42,8 +46,10 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   epochs=100 batch_size=256 lr=... (default base_lr*batch/256) seed=0 precision=auto|fp32|bf16
   aug.local_size=16    idmm.label_smoothing=0.1    idmm.cutmix_alpha=0.5    knn_every=5
   idmm.head_init=random|imprint   (imprint: what makes short CPU runs learn)
-  init=RUN_DIR         fine-tune from a pre-training run (idmm finetune: epochs=, lr=, img_size=
-                       ... mean the finetune.* keys);  finetune.epochs=100 finetune.img_size=224
+  init=RUN_DIR         fine-tune from a pre-training run (idmm finetune: every finetune.* key also
+                       works without its prefix: epochs=, lr=, img_size=, head_init= ...)
+  data.val=DIR data.test=DIR  validation / test sets; else held out of the training images
+                       (data.val_fraction=0.1, data.test_fraction=0.2, data.split_seed=0)
   baseline=true        idmm run: also train from scratch for the same total epochs
 recipes: --config configs/cpu/fmnist2040.yaml (CPU, ~6 min), configs/paper/*.yaml (the paper's)
 run `idmm keys` for every key and its default.
@@ -101,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _defaults() -> list[str]:
     """`key=default` for every config key."""
-    defaults, lines = to_dict(Config()), []
+    defaults, lines = to_dict(RunConfig()), []
     for key in all_keys():
         value = defaults
         for part in key.split("."):
@@ -161,57 +167,78 @@ def _report(args) -> None:
     print(f"report written to {report(runs, kv.get('out', 'report.html'))}")
 
 
-def _command(args) -> None:
-    if args.command == "keys":
-        print("\n".join(_defaults()))
-    elif args.command == "pretrain":
-        settings = parse_overrides(args.settings)
-        if api.pretrain(args.config, **settings):
-            print(f"pre-training finished: {settings.get('out', 'runs/idmm')}")
-    elif args.command == "finetune":
-        r = finetune(args.config, **parse_overrides(args.settings))
-        if r:
-            print(f"fine-tuned: top-1 {r['top1'] * 100:.2f}% (last epoch), best "
-                  f"{r['top1_best'] * 100:.2f}%, top-5 {r['top5'] * 100:.2f}%")  # fmt: skip
-    elif args.command == "run":
-        results = pipeline.run(args.config, **parse_overrides(args.settings))
-        print(pipeline.summary_table(results))
-        print(f"kNN top-1 {results['knn']['top1'] * 100:.2f}%, linear probe top-1 "
-              f"{results['linear']['top1'] * 100:.2f}% (frozen backbone)")  # fmt: skip
-    elif args.command == "compare":
-        kv = parse_overrides(args.settings)
-        rows = compare(args.config, kv.pop("methods", DEFAULT_METHODS), **kv)
-        print(comparison_table(rows))
-    elif args.command == "sweep":
-        kv = parse_overrides(args.settings)
-        print(sweep_table(sweep(args.config, kv.pop("models", DEFAULT_MODELS), **kv)))
-    elif args.command == "transfer":
-        kv = parse_overrides(args.settings)
-        usage = "idmm transfer sources=A,B targets=C,D [key=value ...]"
-        sources, kv = _split([f"{k}={v}" for k, v in kv.items()], "sources", usage)
-        targets, kv = _split([f"{k}={v}" for k, v in kv.items()], "targets", usage)
-        result = transfer(args.config, sources, targets, **kv)
-        print(transfer_table(result))
-    elif args.command == "eval":
-        checkpoint, kv = _split(args.settings, "checkpoint", "idmm eval knn checkpoint=RUN_DIR")
-        evaluate = api.evaluate_knn if args.protocol == "knn" else api.evaluate_linear
-        r = evaluate(checkpoint, **kv)
-        print(f"{args.protocol} top-1: {r['top1'] * 100:.2f}%")
-    elif args.command == "export":
-        run, kv = _split(args.settings, "run", "idmm export run=RUN_DIR [out=DIR]")
-        print(f"exported to {export(run, kv.pop('out', None))}")
-    elif args.command == "predict":
-        _predict(args)
-    elif args.command == "analyze":
-        _analyze(args)
-    elif args.command == "report":
-        _report(args)
+def _pretrain(args) -> None:
+    settings = parse_overrides(args.settings)
+    if pretrain(args.config, **settings):
+        print(f"pre-training finished: {settings.get('out', 'runs/idmm')}")
+
+
+def _finetune(args) -> None:
+    r = finetune(args.config, **parse_overrides(args.settings))
+    if r:
+        val = f", val {r['val_top1'] * 100:.2f}%" if "val_top1" in r else ""
+        print(f"fine-tuned: test top-1 {r['top1'] * 100:.2f}% (last epoch), top-5 "
+              f"{r['top5'] * 100:.2f}%{val}")  # fmt: skip
+
+
+def _run(args) -> None:
+    results = run(args.config, **parse_overrides(args.settings))
+    print(summary_table(results))
+    print(f"kNN top-1 {results['knn']['top1'] * 100:.2f}%, linear probe top-1 "
+          f"{results['linear']['top1'] * 100:.2f}% (frozen backbone, test split)")  # fmt: skip
+
+
+def _compare(args) -> None:
+    kv = parse_overrides(args.settings)
+    print(comparison_table(compare(args.config, kv.pop("methods", DEFAULT_METHODS), **kv)))
+
+
+def _sweep(args) -> None:
+    kv = parse_overrides(args.settings)
+    print(sweep_table(sweep(args.config, kv.pop("models", DEFAULT_MODELS), **kv)))
+
+
+def _transfer(args) -> None:
+    kv = parse_overrides(args.settings)
+    usage = "idmm transfer sources=A,B targets=C,D [key=value ...]"
+    sources, kv = _split([f"{k}={v}" for k, v in kv.items()], "sources", usage)
+    targets, kv = _split([f"{k}={v}" for k, v in kv.items()], "targets", usage)
+    print(transfer_table(transfer(args.config, sources, targets, **kv)))
+
+
+def _eval(args) -> None:
+    checkpoint, kv = _split(args.settings, "checkpoint", "idmm eval knn checkpoint=RUN_DIR")
+    evaluate = evaluate_knn if args.protocol == "knn" else evaluate_linear
+    r = evaluate(checkpoint, **kv)
+    print(f"{args.protocol} top-1: {r['top1'] * 100:.2f}% (test split)")
+
+
+def _export(args) -> None:
+    run_dir, kv = _split(args.settings, "run", "idmm export run=RUN_DIR [out=DIR]")
+    print(f"exported to {export(run_dir, kv.pop('out', None))}")
+
+
+# verb -> what it does; the parser and the dispatch both read this table
+VERBS = {
+    "pretrain": _pretrain,
+    "finetune": _finetune,
+    "run": _run,
+    "compare": _compare,
+    "transfer": _transfer,
+    "sweep": _sweep,
+    "eval": _eval,
+    "export": _export,
+    "predict": _predict,
+    "analyze": _analyze,
+    "report": _report,
+    "keys": lambda args: print("\n".join(_defaults())),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        _command(args)
+        VERBS[args.command](args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"idmm: error: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,22 @@
-"""Typed configuration: nested dataclasses are the schema.
+"""Typed configuration, one schema per stage: nested dataclasses are the schema.
+
+- `PretrainConfig`: a pre-training run (`idmm pretrain`); each method's settings are a section
+  named by the method (`idmm.*`, `contrastive.*`, `dino.*`, `supervised.*`), taken from the
+  method registry, so a new method brings its settings without touching this file.
+- `FinetuneConfig`: a fine-tuning run (`idmm finetune`, and the stages of `idmm run`): the
+  fine-tuning keys at its top level.
+- `RunConfig` (also `Config`): `idmm run` and recipes: pre-training keys at the top, fine-tuning
+  in `finetune.*`. `pretrain_config` and `finetune_config` cut a stage's config out of it.
 
 A config is built from defaults, then an optional YAML recipe, then `key=value` overrides (CLI) or
 keyword arguments (Python API), in that order. Unknown keys and values of the wrong type raise a
-ConfigError that names the key and lists the valid ones, so a typo never silently trains the wrong
-thing. "auto" values are resolved later (see `resolve`) and the resolved config is what a run
-directory records.
+ConfigError naming the key, so a typo never silently trains the wrong thing. "auto" values are
+resolved before a stage starts, and what a run directory's config.yaml records is what ran.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -20,6 +28,8 @@ import yaml
 
 from .config_types import ConfigError, coerce
 from .eval.linear import DEFAULT_LRS
+from .methods import get_method, method_settings
+from .methods.supervised import SupervisedConfig
 
 
 @dataclass
@@ -28,19 +38,32 @@ class DataConfig:
     root: str | None = None  # where a named dataset lives on disk
     subset_per_class: int | None = None  # class-balanced subset (204 on FMNIST = FMNIST-2040)
     subset_seed: int = 0
+    # Splits, decided once per run directory (splits.json) and read back by every later stage:
+    # validation = data.val (a folder or CSV) or a seeded stratified hold-out of the training
+    # images; test = the dataset's own test split, data.test, or a hold-out of the training images.
+    val: str | None = None
+    test: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # only when the dataset has no test split and data.test is unset
+    split_seed: int = 0
     skip_bad: bool = False  # skip unreadable images with a warning instead of failing
     cache_size: int | None = None  # decode resolution; None = the training image size
     # A decoded set larger than this many GiB goes to a memory-mapped file in cache_dir
     # (default ~/.cache/idmm or $IDMM_CACHE), built once and reused while the source is unchanged.
     memmap_gb: float = 4.0
     cache_dir: str | None = None
-    # A folder or CSV to evaluate on when the dataset has no test split of its own; without
-    # one, a seeded stratified 20% of the training images is held out.
-    val: str | None = None
     # Normalisation; None = the per-channel mean/std of the cached training images (recorded
     # in the resolved config so evaluation and fine-tuning use the same numbers).
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+
+    def problems(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
+            ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
+            ("test_fraction", self.val_fraction + self.test_fraction < 1,
+             "below 1 - data.val_fraction"),
+        ]  # fmt: skip
 
 
 @dataclass
@@ -59,83 +82,14 @@ class AugConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     flip_p: float = 0.5
 
-
-@dataclass
-class IDMMConfig:
-    cutmix_alpha: float = 0.5
-    cutmix_p: float = 1.0  # the paper mixes every batch
-    label_smoothing: float = 0.1
-    head_lr_scale: float = 1.0  # lr multiplier of the N-way instance head
-    # "random" (the paper: trunc-normal rows) or "imprint": row i starts as image i's own
-    # feature, scaled so logits start as cosine similarities / imprint_temperature.
-    head_init: str = "random"
-    imprint_temperature: float = 0.1
-    # Under torchrun: each process holds N/K rows of the head and the softmax is computed across
-    # processes (for large N, e.g. ImageNet's 1.28M instances); results equal the replicated head.
-    shard_head: bool = False
-
-
-@dataclass
-class ContrastiveConfig:
-    """SimCLR and SupCon: one multi-positive InfoNCE loss on projected, L2-normalised features."""
-
-    temperature: float = 0.2
-    proj_hidden_dim: int = 512  # projection MLP: Linear, ReLU, Linear (no BatchNorm: with
-    proj_dim: int = 128  # several processes it would make K x B differ from 1 x K*B)
-
-
-@dataclass
-class DINOConfig:
-    """DINO (Caron et al. 2021) as the paper's baseline: teacher temperature 0.04, momentum
-    0.996; its crops (112 px, globals (0.4, 1), 2 locals) are in configs/paper/*dino*.yaml."""
-
-    out_dim: int | None = None  # prototypes; None = 65536 on CUDA (the paper's), 4096 on CPU
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this
-    warmup_teacher_temp_epochs: int = 0  # ... over this many epochs
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996  # EMA momentum, raised to 1 on a cosine over training
-
-
-@dataclass
-class FinetuneConfig:
-    """Supervised fine-tuning (DeiT recipe, as the paper). Also the from-scratch baseline."""
-
-    init: str | None = None  # a pre-training run dir or its backbone.safetensors; None = scratch
-    epochs: int = 100
-    img_size: int | None = None  # None = the pre-training img_size (the paper: 112 -> 224)
-    batch_size: int = 256
-    lr: float | None = None  # None = base_lr * batch_size / 256
-    base_lr: float = 5e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-3
-    warmup_epochs: float = 2.0
-    drop_path: float = 0.1
-    # "random" (the paper) or "probe": with init=, the new head starts as a linear probe of the
-    # pre-trained features (LP-FT), so its first gradients do not scramble them
-    head_init: str = "random"
-    label_smoothing: float = 0.1
-    # lambda ~ Beta(alpha, alpha) forced >= 0.5, as the official code; alpha 0 turns either off
-    mixup_alpha: float = 0.5  # Mixup on even epochs (0-based) ...
-    cutmix_alpha: float = 0.5  # ... CutMix on odd ones
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    flip_p: float = 0.5
-    randaug_ops: int = 2  # RandAugment ops per image (0 = off) ...
-    randaug_magnitude: tuple[float, float] = (1.0, 9.0)  # ... magnitude ~ U(lo, hi) of 10 ...
-    randaug_p: float = 0.5  # ... each op applied with this probability (UDA RandAugment)
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    color_jitter_p: float = 0.4
-    grayscale_p: float = 0.2
-    eval_crop: float = 0.875  # evaluation: resize to size / eval_crop, then centre crop
-    eval_every: int = 1  # test accuracy every N epochs (and always after the last)
-    # An optional second stage at a higher resolution (the paper's 224 -> 448), starting from
-    # the first stage's model; 0 epochs = no second stage.
-    stage2_img_size: int | None = None
-    stage2_epochs: int = 0
-    stage2_base_lr: float = 1e-4  # the paper: lr 5e-5 at batch 128
+    def problems(self) -> list[tuple[str, bool, str]]:
+        scale = "(lo, hi) with 0 < lo <= hi <= 1"
+        return [
+            ("global_crops", self.global_crops >= 1, "at least 1"),
+            ("local_crops", self.local_crops >= 0, "0 or more"),
+            ("global_scale", 0 < self.global_scale[0] <= self.global_scale[1] <= 1, scale),
+            ("local_scale", 0 < self.local_scale[0] <= self.local_scale[1] <= 1, scale),
+        ]
 
 
 @dataclass
@@ -144,15 +98,43 @@ class LinearConfig:
 
     lrs: tuple[float, ...] = DEFAULT_LRS  # SGD on standardised features
     epochs: int = 100
-    val_fraction: float = 0.2  # held out from the training images to choose the lr
+    val_fraction: float = 0.2  # without a validation split: held out of train to choose the lr
+
+    def problems(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("lrs", len(self.lrs) >= 1 and min(self.lrs) > 0, "positive lrs"),
+            ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"),
+        ]
 
 
 @dataclass
-class Config:
+class CommonConfig:
+    """What every stage has: data, where it runs and writes, and how."""
+
     data: DataConfig = field(default_factory=DataConfig)
     out: str = "runs/idmm"
-    method: str = "idmm"
     model: str = "auto"  # any timm model name or a preset from idmm.models.PRESETS
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+    compile: bool = False  # torch.compile the training forward (GPU speed; ~30 s per new shape)
+    resume: bool = False  # continue out/checkpoints/last.ckpt exactly
+    # A NaN/inf loss stops training (the last good checkpoint is kept); true skips the step
+    # instead and counts it (metrics.jsonl, results.json: skipped_steps).
+    skip_nonfinite: bool = False
+    overwrite: bool = False  # start afresh in an out= that already holds a run
+    eval_batch_size: int = 512
+    progress: str = "auto"  # auto (a bar on a terminal) | bar | log
+    # Recorded, not set: batch_size x processes (under torchrun), which `lr` was scaled by.
+    global_batch_size: int | None = None
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+
+@dataclass
+class _Pretrain(CommonConfig):
+    method: str = "idmm"
     img_size: int | None = None  # None = auto (28 for Fashion-MNIST, 112 otherwise)
     epochs: int = 100
     batch_size: int = 256
@@ -163,51 +145,80 @@ class Config:
     warmup_epochs: float = 2.0
     clip_grad: float | None = None
     drop_path: float = 0.1
-    seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
-    compile: bool = False  # torch.compile the training forward (GPU speed; ~30 s per new shape)
-    # Recorded, not set: batch_size x processes (under torchrun), which `lr` was scaled by.
-    global_batch_size: int | None = None
-    resume: bool = False  # continue out/checkpoints/last.ckpt exactly
-    # A NaN/inf loss stops training (the last good checkpoint is kept); true skips the step
-    # instead and counts it (metrics.jsonl, results.json: skipped_steps).
-    skip_nonfinite: bool = False
-    overwrite: bool = False  # start afresh in an out= that already holds a run
-    knn_every: int = 0  # online kNN monitor every N epochs (0 = off); needs labels
-    snapshot_every: int = 0  # pre-training: snapshots/epoch_N.safetensors every N epochs
+    knn_every: int = 0  # online kNN monitor (on the validation split) every N epochs; 0 = off
+    snapshot_every: int = 0  # snapshots/epoch_N.safetensors every N epochs
     knn_k: tuple[int, ...] = (10, 20, 100, 200)
     knn_temperature: float = 0.07
-    eval_batch_size: int = 512
-    progress: str = "auto"  # auto (a bar on a terminal) | bar | log
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+def _with_method_sections(base: type, name: str) -> type:
+    """`base` plus one section per registered method's settings (`idmm`, `dino`, ...)."""
+    sections = [(key, cls, field(default_factory=cls)) for key, cls in method_settings().items()]
+    cls = dataclasses.make_dataclass(name, sections, bases=(base,))
+    cls.__module__ = __name__
+    return cls
+
+
+PretrainConfig = _with_method_sections(_Pretrain, "PretrainConfig")
+
+
+@dataclass
+class FinetuneSettings(SupervisedConfig):
+    """Supervised fine-tuning (DeiT recipe, as the paper), also the from-scratch baseline: the
+    `finetune.*` section of a recipe, and the top level of a fine-tuning run's config."""
+
+    init: str | None = None  # a run directory or a .safetensors file; None = from scratch
+    epochs: int = 100
+    img_size: int | None = None  # None = the pre-training img_size (the paper: 112 -> 224)
+    batch_size: int = 256
+    lr: float | None = None  # None = base_lr * batch_size / 256
+    base_lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-3
+    warmup_epochs: float = 2.0
+    clip_grad: float | None = None
+    drop_path: float = 0.1
+    # "random" (the paper) or "probe": with init=, the new head starts as a linear probe of the
+    # pre-trained features (LP-FT), so its first gradients do not scramble them
+    head_init: str = "random"
+    eval_every: int = 1  # validation accuracy every N epochs (and always after the last)
+    # An optional second stage at a higher resolution (the paper's 224 -> 448), starting from
+    # the first stage's model; 0 epochs = no second stage.
+    stage2_img_size: int | None = None
+    stage2_epochs: int = 0
+    stage2_base_lr: float = 1e-4  # the paper: lr 5e-5 at batch 128
+
+
+@dataclass
+class FinetuneConfig(FinetuneSettings, CommonConfig):
+    """A fine-tuning run: the common keys and the fine-tuning keys, all at the top level."""
+
+
+@dataclass
+class RunConfig(PretrainConfig):  # type: ignore[misc, valid-type]
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     # `idmm run` only: also train the classifier from scratch for as many epochs as
     # pre-training + fine-tuning, the supervised baseline the report compares against.
     baseline: bool = False
-    aug: AugConfig = field(default_factory=AugConfig)
-    idmm: IDMMConfig = field(default_factory=IDMMConfig)
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
-    dino: DINOConfig = field(default_factory=DINOConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    linear: LinearConfig = field(default_factory=LinearConfig)
 
+
+Config = RunConfig  # the recipe schema; `idmm.Config`
 
 CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "progress": ("auto", "bar", "log"),
-    "idmm.head_init": ("random", "imprint"),
+    "head_init": ("random", "probe"),
     "finetune.head_init": ("random", "probe"),
+    "idmm.head_init": ("random", "imprint"),
 }
 
 # Short names that users and scripts rely on (`data=...`, `subset_per_class=...`).
-ALIASES = {
-    "data": "data.source",
-    "subset_per_class": "data.subset_per_class",
-    "init": "finetune.init",
-}
+ALIASES = {"data": "data.source", "subset_per_class": "data.subset_per_class"}
+RUN_ALIASES = {**ALIASES, "init": "finetune.init"}
 
 
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         sub = _dataclass_type(cls, f.name)
@@ -223,28 +234,31 @@ def _dataclass_type(cls: type, name: str) -> type | None:
     return tp if dataclasses.is_dataclass(tp) else None
 
 
-def _unknown_key(key: str) -> ConfigError:
-    valid = all_keys() + list(ALIASES)
+def _aliases(cfg: Any) -> dict[str, str]:
+    return RUN_ALIASES if isinstance(cfg, RunConfig) else ALIASES
+
+
+def _unknown_key(cfg: Any, key: str) -> ConfigError:
+    valid = all_keys(type(cfg)) + list(_aliases(cfg))
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
+    return ConfigError(f"unknown config key '{key}'.{hint} Run `idmm keys` to list the keys.")
 
 
-def set_key(cfg: Config, key: str, value: Any) -> None:
+def set_key(cfg: Any, key: str, value: Any) -> None:
     """Set a dotted key (`aug.local_size`, or an alias such as `data`) with type checking."""
     if not isinstance(value, dict):  # `data: {source: ...}` in YAML is the section itself
-        key = ALIASES.get(key, key)
+        key = _aliases(cfg).get(key, key)
     obj: Any = cfg
     parts = key.split(".")
-    for part in parts[:-1]:
+    for part in parts:
         if not dataclasses.is_dataclass(obj) or part not in {
             f.name for f in dataclasses.fields(obj)
         }:
-            raise _unknown_key(key)
-        obj = getattr(obj, part)
+            raise _unknown_key(cfg, key)
+        if part != parts[-1]:
+            obj = getattr(obj, part)
     name = parts[-1]
-    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
-        raise _unknown_key(key)
     tp = typing.get_type_hints(type(obj))[name]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -287,10 +301,9 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(
-    recipe: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> Config:
-    cfg = Config()
+def build_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                 schema: type = RunConfig) -> Any:  # fmt: skip
+    cfg = schema()
     if recipe is not None:
         for k, v in load_yaml(recipe).items():
             set_key(cfg, k, v)
@@ -300,63 +313,47 @@ def build_config(
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    checks = [
-        ("epochs", cfg.epochs >= 1, "at least 1"),
-        ("batch_size", cfg.batch_size >= 1, "at least 1"),
-        ("aug.global_crops", cfg.aug.global_crops >= 1, "at least 1"),
-        ("aug.local_crops", cfg.aug.local_crops >= 0, "0 or more"),
-        ("idmm.label_smoothing", 0 <= cfg.idmm.label_smoothing < 1, "in [0, 1)"),
-        ("idmm.cutmix_p", 0 <= cfg.idmm.cutmix_p <= 1, "in [0, 1]"),
-        ("warmup_epochs", cfg.warmup_epochs >= 0, "0 or more"),
-        ("drop_path", 0 <= cfg.drop_path < 1, "in [0, 1)"),
-        ("threads", cfg.threads is None or cfg.threads >= 1, "at least 1 (or none)"),
-        ("knn_every", cfg.knn_every >= 0, "0 (off) or more"),
-        ("snapshot_every", cfg.snapshot_every >= 0, "0 (off) or more"),
-        ("eval_batch_size", cfg.eval_batch_size >= 1, "at least 1"),
-        ("lr", cfg.lr is None or cfg.lr > 0, "positive (or none for base_lr x batch / 256)"),
-        ("img_size", cfg.img_size is None or cfg.img_size >= 4, "at least 4 (or none)"),
-        ("idmm.imprint_temperature", cfg.idmm.imprint_temperature > 0, "positive"),
-        ("contrastive.temperature", cfg.contrastive.temperature > 0, "positive"),
-        ("dino.student_temp", cfg.dino.student_temp > 0, "positive"),
-        ("dino.teacher_temp", cfg.dino.teacher_temp > 0, "positive"),
-        ("dino.warmup_teacher_temp", cfg.dino.warmup_teacher_temp > 0, "positive"),
-        ("dino.momentum_teacher", 0 <= cfg.dino.momentum_teacher <= 1, "in [0, 1]"),
-        ("dino.center_momentum", 0 <= cfg.dino.center_momentum <= 1, "in [0, 1]"),
-        ("finetune.epochs", cfg.finetune.epochs >= 1, "at least 1"),
-        ("finetune.batch_size", cfg.finetune.batch_size >= 1, "at least 1"),
-        ("finetune.label_smoothing", 0 <= cfg.finetune.label_smoothing < 1, "in [0, 1)"),
-        ("finetune.mixup_alpha", cfg.finetune.mixup_alpha >= 0, "0 (off) or more"),
-        ("finetune.cutmix_alpha", cfg.finetune.cutmix_alpha >= 0, "0 (off) or more"),
-        ("finetune.randaug_ops", cfg.finetune.randaug_ops >= 0, "0 (off) or more"),
-        (
-            "finetune.randaug_magnitude",
-            0 <= cfg.finetune.randaug_magnitude[0] <= cfg.finetune.randaug_magnitude[1] <= 10,
-            "(lo, hi) with 0 <= lo <= hi <= 10",
-        ),
-        ("finetune.randaug_p", 0 <= cfg.finetune.randaug_p <= 1, "in [0, 1]"),
-        ("finetune.eval_crop", 0 < cfg.finetune.eval_crop <= 1, "in (0, 1]"),
-        ("finetune.eval_every", cfg.finetune.eval_every >= 1, "at least 1"),
-        ("finetune.drop_path", 0 <= cfg.finetune.drop_path < 1, "in [0, 1)"),
-        ("finetune.stage2_epochs", cfg.finetune.stage2_epochs >= 0, "0 (off) or more"),
-        ("linear.epochs", cfg.linear.epochs >= 1, "at least 1"),
-        ("linear.lrs", len(cfg.linear.lrs) >= 1 and min(cfg.linear.lrs) > 0, "positive lrs"),
-        ("linear.val_fraction", 0 < cfg.linear.val_fraction < 1, "in (0, 1)"),
-    ]
-    from .methods import get_method  # here: the methods import this module
+def _problems(obj: Any) -> list[tuple[str, bool, str]]:
+    """(key, ok, what it must be) for the top-level fields of a config object."""
+    if not isinstance(obj, (CommonConfig, FinetuneSettings)):
+        return obj.problems() if hasattr(obj, "problems") else []  # a section checks itself
+    checks = obj.problems() if hasattr(obj, "problems") else []
+    has = {f.name for f in dataclasses.fields(obj)}
 
-    get_method(cfg.method)  # an unknown name fails now, naming the valid ones
-    for key, ok, need in checks:
+    def need(key, ok, what):
+        if key in has:
+            checks.append((key, ok(getattr(obj, key)), what))
+
+    need("epochs", lambda v: v >= 1, "at least 1")
+    need("batch_size", lambda v: v >= 1, "at least 1")
+    need("warmup_epochs", lambda v: v >= 0, "0 or more")
+    need("drop_path", lambda v: 0 <= v < 1, "in [0, 1)")
+    need("threads", lambda v: v is None or v >= 1, "at least 1 (or none)")
+    need("knn_every", lambda v: v >= 0, "0 (off) or more")
+    need("snapshot_every", lambda v: v >= 0, "0 (off) or more")
+    need("eval_batch_size", lambda v: v >= 1, "at least 1")
+    need("lr", lambda v: v is None or v > 0, "positive (or none for base_lr x batch / 256)")
+    need("img_size", lambda v: v is None or v >= 4, "at least 4 (or none)")
+    need("eval_every", lambda v: v >= 1, "at least 1")
+    need("stage2_epochs", lambda v: v >= 0, "0 (off) or more")
+    return checks
+
+
+def validate(cfg: Any, obj: Any = None, prefix: str = "") -> None:
+    """Every value in range, recursively; the error names the full key."""
+    obj = cfg if obj is None else obj
+    if obj is cfg and hasattr(cfg, "method"):
+        get_method(cfg.method)  # an unknown name fails now, naming the valid ones
+    for key, ok, need in _problems(obj):
         if not ok:
-            raise ConfigError(f"config key '{key}' must be {need}")
-    for key in ("aug.global_scale", "aug.local_scale", "finetune.crop_scale"):
-        section, name = key.split(".")
-        lo, hi = getattr(getattr(cfg, section), name)
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"config key '{key}' must be (lo, hi) with 0 < lo <= hi <= 1")
+            raise ConfigError(f"config key '{prefix}{key}' must be {need}")
+    for f in dataclasses.fields(obj):
+        sub = getattr(obj, f.name)
+        if dataclasses.is_dataclass(sub):
+            validate(cfg, sub, f"{prefix}{f.name}.")
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg: Any) -> dict:
     def conv(v: Any) -> Any:
         if isinstance(v, tuple):
             return [conv(x) for x in v]
@@ -367,12 +364,43 @@ def to_dict(cfg: Config) -> dict:
     return conv(dataclasses.asdict(cfg))
 
 
-def from_dict(d: dict) -> Config:
-    cfg = Config()
+def from_dict(d: dict, schema: type = RunConfig) -> Any:
+    cfg = schema()
     for k, v in d.items():
         set_key(cfg, k, v)
     return cfg
 
 
-def save_yaml(cfg: Config, path: str | Path) -> None:
+def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _fill(target: Any, fields_of: type, source: Any) -> Any:
+    for f in dataclasses.fields(fields_of):
+        setattr(target, f.name, copy.deepcopy(getattr(source, f.name)))
+    return target
+
+
+def pretrain_config(run: RunConfig) -> Any:
+    """The pre-training stage of a recipe: its top-level keys, without `finetune.*`."""
+    return _fill(PretrainConfig(), PretrainConfig, run)
+
+
+def finetune_config(run: RunConfig) -> FinetuneConfig:
+    """The fine-tuning stage of a recipe: the common keys and `finetune.*` at the top level."""
+    return _fill(_fill(FinetuneConfig(), CommonConfig, run), FinetuneSettings, run.finetune)
+
+
+def run_config(pre: Any, ft: FinetuneConfig, baseline: bool = False) -> RunConfig:
+    """A recipe from its two stages (what `idmm run` records): the inverse of the two cuts."""
+    run = _fill(RunConfig(), PretrainConfig, pre)
+    _fill(run.finetune, FinetuneSettings, ft)
+    run.baseline = baseline
+    return run
+
+
+def schema_of(d: dict) -> type:
+    """Which config a run directory's config.yaml holds, from its keys."""
+    if "finetune" in d:
+        return RunConfig
+    return FinetuneConfig if "init" in d else PretrainConfig

@@ -17,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 from timm.layers import HybridEmbed, resample_abs_pos_embed
 from torch import nn
 
-from .config import ConfigError
+from .config_types import ConfigError
 from .data.sources import dataset_key
 from .engine.checkpoint import atomic_write
 

@@ -202,29 +202,6 @@ class MultiCrop:
         return normalize(xs, self.mean, self.std)
 
 
-class FinetuneView:
-    """The paper's fine-tuning transform on a uint8 batch: random-resized crop and flip,
-    RandAugment, colour jitter, grayscale, then normalisation. Mixing is the method's job."""
-
-    def __init__(self, ft, size: int, mean, std):
-        self.ft, self.size = ft, size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        ft = self.ft
-        x = images.float().div_(255)
-        x = random_resized_crop(x, self.size, tuple(ft.crop_scale), g, flip_p=ft.flip_p)
-        if ft.randaug_ops:
-            from .randaugment import rand_augment  # it builds on this module's helpers
-
-            x = rand_augment(x, g, ft.randaug_ops, tuple(ft.randaug_magnitude), p=ft.randaug_p)
-        x = color_jitter(x, tuple(ft.color_jitter), ft.color_jitter_p, g)
-        x = random_grayscale(x, ft.grayscale_p, g)
-        return normalize(x, self.mean, self.std)
-
-
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
 

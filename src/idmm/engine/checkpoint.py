@@ -61,15 +61,7 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_results(run_dir: str | Path) -> dict:
-    """run_dir/results.json, or {} before the first evaluation."""
-    path = Path(run_dir) / "results.json"
+def read_json(path: str | Path) -> dict:
+    """A JSON file written by write_json, or {} when there is none yet."""
+    path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def update_results(run_dir: str | Path, key: str, value: dict) -> dict:
-    """Merge one evaluation's numbers into run_dir/results.json (one entry per evaluation)."""
-    results = read_results(run_dir)
-    results[key] = value
-    write_json(Path(run_dir) / "results.json", results)
-    return results

@@ -10,7 +10,8 @@ from pathlib import Path
 LOGGER = "idmm"
 
 
-def setup_logging(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
+def setup_logging(log_file: Path | None, is_main: bool = True) -> logging.Logger:
+    """The idmm logger: the console, and `log_file` (a run's train.log) on the main process."""
     log = logging.getLogger(LOGGER)
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
@@ -21,16 +22,17 @@ def setup_logging(run_dir: Path | None, is_main: bool = True) -> logging.Logger:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     log.addHandler(console)
-    if run_dir is not None and is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "train.log")
+    if log_file is not None and is_main:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log
 
 
-def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
+def append_metrics(path: Path, record: dict) -> None:
+    """One record appended to a metrics.jsonl file."""
+    with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -38,17 +40,16 @@ def use_bar(progress: str) -> bool:
     return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Every record of run_dir/metrics.jsonl, in order ([] before the first)."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_metrics(path: Path) -> list[dict]:
+    """Every record of a metrics.jsonl file, in order ([] before the first)."""
+    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def drop_metrics_after(run_dir: Path, epoch: int) -> None:
+def drop_metrics_after(path: Path, epoch: int) -> None:
     """On resume: forget epoch records newer than the checkpoint (they will be recomputed)."""
-    path = run_dir / "metrics.jsonl"
     if path.is_file():
-        keep = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
+        keep = [r for r in read_metrics(path) if r.get("epoch", 0) <= epoch]
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))

@@ -14,21 +14,21 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ..config import Config, to_dict
+from ..config import to_dict
 from ..data.augment import ShardGenerator
 from ..data.cache import CachedData
 from ..methods.base import Method
 from ..methods.sharded_head import gather_rows, local_rows
+from ..rundir import RunDir
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Runtime, all_reduce_mean, all_reduce_sum
-from .log import append_metrics, drop_metrics_after, use_bar
+from .log import drop_metrics_after, use_bar
 
 Hook = Callable[[int], dict]  # epoch (1-based, completed) -> metrics to add to that epoch's record
 
@@ -69,17 +69,17 @@ def peak_memory_mb(device: torch.device) -> float:
 class Trainer:
     def __init__(
         self,
-        cfg: Config,
+        cfg,
         method: Method,
         data: CachedData,
         rt: Runtime,
-        run_dir: Path,
+        run: RunDir,
         log,
         hooks: list[Hook] = (),
     ):
         self.cfg, self.method, self.data, self.rt = cfg, method, data, rt
-        self.run_dir, self.log, self.hooks = run_dir, log, list(hooks)
-        self.ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+        self.run, self.log, self.hooks = run, log, list(hooks)
+        self.ckpt_path = run.checkpoint
         method.to(rt.device)
         if rt.distributed and method.sharded_rows():
             # each process owns its rows of these: DDP must neither broadcast nor average them
@@ -165,11 +165,12 @@ class Trainer:
         ckpt = load_checkpoint(self.ckpt_path)
         saved = ckpt["config"]
         for key in ("model", "method", "img_size"):
-            if saved.get(key) != getattr(self.cfg, key):
+            now = getattr(self.cfg, key, None)  # fine-tuning has no method
+            if saved.get(key) != now:
                 raise TrainingError(
                     f"cannot resume {self.ckpt_path}: it was trained with "
-                    f"{key}={saved.get(key)!r}, "
-                    f"this run asks for {key}={getattr(self.cfg, key)!r}; use the same {key} or "
+                    f"{key}={saved.get(key)!r}, this run asks for {key}={now!r}; use the same "
+                    f"{key} or "
                     "another out="
                 )
         if ckpt["num_images"] != len(self.data):
@@ -187,7 +188,7 @@ class Trainer:
         self.train_time_s = ckpt.get("train_time_s", 0.0)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.rt.is_main:
-            drop_metrics_after(self.run_dir, self.epoch)
+            drop_metrics_after(self.run.metrics_file, self.epoch)
         self.log.info(f"resumed {self.ckpt_path} at epoch {self.epoch} (step {self.step})")
 
     # -- the loop ----------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class Trainer:
                 last.update(hook(self.epoch))
             self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
-                append_metrics(self.run_dir, last)
+                self.run.append_metrics(last)
             # Only after a finite epoch: a NaN never overwrites the last good state. A kill
             # between the two lines leaves a metrics line that `resume` drops and recomputes.
             self.save()

@@ -21,9 +21,14 @@ import torch
 DEFAULT_LRS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
+def _stats(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of the features a head is fitted on (a constant dim stays 0)."""
+    return fit.mean(0), fit.std(0, correction=0).clamp_min(1e-6)
+
+
 def _standardise(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """z-score with statistics of `fit` only, so no test (or validation) data shapes the inputs."""
-    mean, std = fit.mean(0), fit.std(0, correction=0).clamp_min(1e-6)  # constant dim stays 0
+    mean, std = _stats(fit)
     return [(t - mean) / std for t in (fit, *others)]
 
 
@@ -136,40 +141,51 @@ def linear_probe(
     train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
     num_classes: int, lrs: tuple[float, ...] = DEFAULT_LRS, epochs: int = 100,
     batch_size: int = 256, weight_decay: float = 0.0, val_fraction: float = 0.2, seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", val_f: torch.Tensor | None = None,
+    val_y: torch.Tensor | None = None,
 ) -> dict:  # fmt: skip
-    """Pick the lr on a stratified held-out split, retrain it on all training features, test it.
+    """Pick the lr on validation features, then test the chosen head once.
 
-    Fractions in [0, 1]; `predictions` (a LongTensor on the CPU) is for a confusion matrix;
-    `head` = (weight (C, D), bias (C,)) of the final head on the raw (unstandardised) features.
+    With `val_f`/`val_y` (a validation split) every lr trains on all training features and the
+    best on validation is tested. Without them, the lr is chosen on a stratified `val_fraction`
+    of the training features and retrained on all of them. Fractions in [0, 1]; `predictions` (a
+    LongTensor on the CPU) is for a confusion matrix; `head` = (weight (C, D), bias (C,)) of the
+    final head on the raw (unstandardised) features.
     """
     lrs = tuple(float(lr) for lr in lrs)
     _check(train_f, train_y, test_f, test_y, num_classes, lrs, epochs, batch_size, val_fraction)
     device = torch.device(device)
     train_f, test_f = train_f.to(device, torch.float32), test_f.to(device, torch.float32)
     train_y, test_y = train_y.to(device, torch.long), test_y.to(device, torch.long)
-    tr, va = stratified_split(train_y, val_fraction, torch.Generator().manual_seed(seed))
-    if len(va) == 0:
-        raise ValueError("no class has >= 2 training samples: nothing to hold out for validation")
-    tr, va = tr.to(device), va.to(device)
     hyper = dict(num_classes=num_classes, epochs=epochs, batch_size=batch_size)
     hyper.update(weight_decay=weight_decay)
-
     with _one_cpu_thread(device), torch.no_grad():
-        x_tr, x_va = _standardise(train_f[tr], train_f[va])
-        w, b = train_heads(x_tr, train_y[tr], lrs=lrs, seed=seed + 1, **hyper)
-        hit = _logits(x_va, w.transpose(0, 1), b).argmax(2) == train_y[va, None]
+        if val_f is not None and len(val_f):
+            fit_f, fit_y = train_f, train_y
+            sel_f, sel_y = val_f.to(device, torch.float32), val_y.to(device, torch.long)
+        else:
+            tr, va = stratified_split(train_y, val_fraction, torch.Generator().manual_seed(seed))
+            if len(va) == 0:
+                raise ValueError("no class has >= 2 training samples: nothing to hold out")
+            fit_f, fit_y, sel_f, sel_y = train_f[tr], train_y[tr], train_f[va], train_y[va]
+        x_fit, x_sel = _standardise(fit_f, sel_f)
+        w, b = train_heads(x_fit, fit_y, lrs=lrs, seed=seed + 1, **hyper)
+        hit = _logits(x_sel, w.transpose(0, 1), b).argmax(2) == sel_y[:, None]
         acc = hit.float().mean(0)
         acc[~torch.isfinite(w).all(2).all(1)] = 0.0  # a diverged head never wins
         val = {str(lr): float(a) for lr, a in zip(lrs, acc.tolist())}
         best_lr = max(lrs, key=lambda lr: (val[str(lr)], -lr))  # ties go to the smaller lr
-
-        x_all, x_te = _standardise(train_f, test_f)
-        w, b = train_heads(x_all, train_y, lrs=(best_lr,), seed=seed + 2, **hyper)
+        if fit_f is train_f:  # the chosen head already trained on every training feature
+            k = lrs.index(best_lr)
+            w, b = w[k : k + 1], b[k : k + 1]
+        else:
+            w, b = train_heads(_standardise(train_f)[0], train_y, lrs=(best_lr,), seed=seed + 2,
+                               **hyper)  # fmt: skip
+        mean, std = _stats(train_f)
+        x_te = (test_f - mean) / std
         topk = _logits(x_te, w.transpose(0, 1), b)[:, 0].topk(min(5, num_classes), dim=1).indices
-        # the final head in raw feature space (standardisation folded in), to start a classifier
-        mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
-        w_raw = w[0] / std[:, None]  # (D, C): the one head trained on all the features
+        # the final head in raw feature space (the same standardisation folded in)
+        w_raw = w[0] / std[:, None]  # (D, C)
         head = (w_raw.T.cpu(), (b[0] - mean @ w_raw).cpu())
     pred = topk[:, 0]
     return {
@@ -177,7 +193,9 @@ def linear_probe(
         "top1": float((pred == test_y).float().mean()),
         "top5": float((topk == test_y[:, None]).any(1).float().mean()),
         "best_lr": best_lr,
+        "val_top1": val[str(best_lr)],
         "val_top1_by_lr": val,
+        "lr_chosen_on": "val" if fit_f is train_f else f"{val_fraction:.0%} of train",
         "epochs": epochs,
         "train_images": len(train_y),
         "test_images": len(test_y),

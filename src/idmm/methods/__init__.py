@@ -1,10 +1,11 @@
-"""Method registry: adding a method is one file and one line here."""
+"""Method registry: adding a method is one file (its Method subclass and its settings
+dataclass, side by side) and one entry in METHODS."""
 
 from __future__ import annotations
 
 import difflib
 
-from ..config import ConfigError
+from ..config_types import ConfigError
 from .base import Method
 from .dino import DINO
 from .idmm import IDMM
@@ -12,22 +13,18 @@ from .simclr import SimCLR
 from .supcon import SupCon
 from .supervised import Supervised
 
-METHODS: dict[str, type[Method]] = {
-    "idmm": IDMM,
-    "simclr": SimCLR,
-    "supcon": SupCon,
-    "dino": DINO,
-    "supervised": Supervised,  # labels as targets, the fine-tuning recipe (finetune.* keys)
-}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (IDMM, SimCLR, SupCon, DINO, Supervised)}
 
 
-# How tables and reports name them.
-DISPLAY_NAMES = {"idmm": "IDMM", "simclr": "SimCLR", "supcon": "SupCon", "dino": "DINO",
-                 "supervised": "supervised", "scratch": "scratch"}  # fmt: skip
+def method_settings() -> dict[str, type]:
+    """Config section name -> settings dataclass, for every registered method (SimCLR and
+    SupCon share `contrastive`)."""
+    return {m.settings_key: m.Settings for m in METHODS.values() if m.Settings is not None}
 
 
 def display_name(name: str) -> str:
-    return DISPLAY_NAMES.get(name, name)
+    """How tables and reports name a method (or a baseline such as `scratch`)."""
+    return METHODS[name].display_name if name in METHODS else name
 
 
 def get_method(name: str) -> type[Method]:

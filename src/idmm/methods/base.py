@@ -7,29 +7,52 @@ computes its loss (`forward`, run under autocast and, with several processes, in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
 from ..data.augment import MultiCrop
 
 
 class Method(nn.Module):
+    name: ClassVar[str]  # the `method=` value
+    display_name: ClassVar[str]  # how tables and reports name it
+    # The method's own settings: a dataclass, the config section `settings_key` (e.g. `idmm.*`)
+    settings_key: ClassVar[str | None] = None
+    Settings: ClassVar[type | None] = None
     needs_labels = False
     # True: the backbone is a timm classifier with a num_classes-wide head (supervised training);
     # False: a pooled-feature backbone, the method owns its heads.
     classifier = False
 
-    def __init__(
-        self, cfg: Config, backbone: nn.Module, num_images: int, num_classes: int, views: MultiCrop
-    ):
+    def __init__(self, cfg: Any, backbone: nn.Module, num_images: int, num_classes: int,
+                 views: MultiCrop):  # fmt: skip
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg  # the run's config: training keys at its top level
+        self.settings = self.settings_of(cfg)
         self.backbone = backbone
         self.views = views
+
+    @classmethod
+    def settings_of(cls, cfg: Any) -> Any:
+        """This method's settings in `cfg`: its section, or `cfg` itself when the config is an
+        instance of them (a fine-tuning run's config holds the supervised recipe at its top)."""
+        if cls.Settings is None:
+            return None
+        if isinstance(cfg, cls.Settings):
+            return cfg
+        return getattr(cfg, cls.settings_key)
+
+    @classmethod
+    def resolve(cls, cfg: Any, device: torch.device) -> None:
+        """Fill this method's "auto" settings for a run on `device` (before config.yaml)."""
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        """This method's recipe in a few words, for reports."""
+        return ""
 
     def prepare(
         self,
@@ -64,7 +87,7 @@ class Method(nn.Module):
         return self.backbone
 
     @classmethod
-    def build_views(cls, cfg: Config):
+    def build_views(cls, cfg: Any):
         """The batched augmentation that turns a uint8 batch into this method's inputs."""
         local_size = cfg.aug.local_size or cfg.img_size
         return MultiCrop(cfg.aug, cfg.img_size, local_size, cfg.data.mean, cfg.data.std)

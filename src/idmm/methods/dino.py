@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,32 @@ from torch import nn
 
 from ..engine.distributed import all_reduce_sum, rank_and_world
 from .base import Method
+
+
+@dataclass
+class DINOConfig:
+    """The `dino.*` settings: DINO (Caron et al. 2021) as the paper's baseline, teacher
+    temperature 0.04, momentum 0.996; its crops (112 px, globals (0.4, 1), 2 locals) are in
+    configs/paper/*dino*.yaml."""
+
+    out_dim: int | None = None  # prototypes; None = 65536 on CUDA (the paper's), 4096 on CPU
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this
+    warmup_teacher_temp_epochs: int = 0  # ... over this many epochs
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # EMA momentum, raised to 1 on a cosine over training
+
+    def problems(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("student_temp", self.student_temp > 0, "positive"),
+            ("teacher_temp", self.teacher_temp > 0, "positive"),
+            ("warmup_teacher_temp", self.warmup_teacher_temp > 0, "positive"),
+            ("momentum_teacher", 0 <= self.momentum_teacher <= 1, "in [0, 1]"),
+            ("center_momentum", 0 <= self.center_momentum <= 1, "in [0, 1]"),
+        ]
 
 
 class DINOHead(nn.Module):
@@ -40,9 +67,21 @@ class DINOHead(nn.Module):
 
 
 class DINO(Method):
+    name, display_name, settings_key, Settings = "dino", "DINO", "dino", DINOConfig
+
+    @classmethod
+    def resolve(cls, cfg, device):
+        if cfg.dino.out_dim is None:
+            cfg.dino.out_dim = 65536 if device.type == "cuda" else 4096  # the paper's on a GPU
+
+    @classmethod
+    def describe(cls, cfg):
+        d = cfg.dino
+        return f"{d.out_dim} prototypes, teacher temperature {d.teacher_temp}"
+
     def __init__(self, cfg, backbone, num_images, num_classes, views):
         super().__init__(cfg, backbone, num_images, num_classes, views)
-        c = cfg.dino
+        c = self.settings
         dim = c.out_dim or 4096  # resolved (65536 on CUDA) before a run; 4096 in bare tests
         self.head = DINOHead(backbone.num_features, dim, c.hidden_dim, c.bottleneck_dim)
         self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": backbone, "head": self.head}))
@@ -63,7 +102,7 @@ class DINO(Method):
         self.epoch = epoch
 
     def teacher_temp(self) -> float:
-        c = self.cfg.dino
+        c = self.settings
         if self.epoch >= c.warmup_teacher_temp_epochs:
             return c.teacher_temp
         t = self.epoch / c.warmup_teacher_temp_epochs
@@ -74,7 +113,7 @@ class DINO(Method):
         return self.views(images, g)
 
     def forward(self, crops: list[torch.Tensor]):
-        c = self.cfg.dino
+        c = self.settings
         n_global = self.views.groups[0].count
         student = torch.cat([self.head(self.backbone(x)) for x in crops]).float()
         student = F.log_softmax(student / c.student_temp, dim=-1)
@@ -95,13 +134,13 @@ class DINO(Method):
     def update_center(self, teacher_out: torch.Tensor) -> None:
         world = rank_and_world()[1]
         batch_center = all_reduce_sum(teacher_out.sum(0, keepdim=True)) / (len(teacher_out) * world)
-        m = self.cfg.dino.center_momentum
+        m = self.settings.center_momentum
         self.center.mul_(m).add_(batch_center, alpha=1 - m)
 
     @torch.no_grad()
     def on_step_end(self, epoch_progress: float) -> None:
         # momentum from momentum_teacher to 1 on a half cosine over training, as DINO
-        m0 = self.cfg.dino.momentum_teacher
+        m0 = self.settings.momentum_teacher
         m = 1 - (1 - m0) * (math.cos(math.pi * epoch_progress) + 1) / 2
         student = [*self.backbone.parameters(), *self.head.parameters()]
         for ps, pt in zip(student, self.teacher.parameters()):

@@ -24,6 +24,31 @@ from .sharded_head import ShardedInstanceHead
 
 
 @dataclass
+class IDMMConfig:
+    """The `idmm.*` settings."""
+
+    cutmix_alpha: float = 0.5
+    cutmix_p: float = 1.0  # the paper mixes every batch
+    label_smoothing: float = 0.1
+    head_lr_scale: float = 1.0  # lr multiplier of the N-way instance head
+    # "random" (the paper: trunc-normal rows) or "imprint": row i starts as image i's own
+    # feature, scaled so logits start as cosine similarities / imprint_temperature.
+    head_init: str = "random"
+    imprint_temperature: float = 0.1
+    # Under torchrun: each process holds N/K rows of the head and the softmax is computed across
+    # processes (for large N, e.g. ImageNet's 1.28M instances); results equal the replicated head.
+    shard_head: bool = False
+
+    def problems(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("cutmix_p", 0 <= self.cutmix_p <= 1, "in [0, 1]"),
+            ("imprint_temperature", self.imprint_temperature > 0, "positive"),
+            ("head_init", self.head_init in ("random", "imprint"), "random or imprint"),
+        ]
+
+
+@dataclass
 class Group:
     x: torch.Tensor  # crops of one group (global or local), crop-major
     target_a: torch.Tensor
@@ -32,11 +57,19 @@ class Group:
 
 
 class IDMM(Method):
+    name, display_name, settings_key, Settings = "idmm", "IDMM", "idmm", IDMMConfig
+
+    @classmethod
+    def describe(cls, cfg):
+        i = cfg.idmm
+        return (f"CutMix alpha {i.cutmix_alpha}, label smoothing {i.label_smoothing}, "
+                f"head init `{i.head_init}`")  # fmt: skip
+
     def __init__(self, cfg, backbone, num_images, num_classes, views):
         super().__init__(cfg, backbone, num_images, num_classes, views)
         self.head = trunc_normal_linear(backbone.num_features, num_images)
         rank, world = rank_and_world()
-        self.sharded = cfg.idmm.shard_head and world > 1
+        self.sharded = self.settings.shard_head and world > 1
         if self.sharded:  # the same initial rows as the replicated head, split by process
             self.head = ShardedInstanceHead(self.head, rank, world)
 
@@ -47,7 +80,7 @@ class IDMM(Method):
 
     @torch.no_grad()
     def prepare(self, images, indices, labels, rng: np.random.Generator, g: torch.Generator):
-        c = self.cfg.idmm
+        c = self.settings
         groups = []
         for x, spec in zip(self.views(images, g), self.views.groups):
             target = indices.repeat(spec.count)
@@ -61,7 +94,7 @@ class IDMM(Method):
     def forward(self, groups: list[Group]):
         # Each group is one forward pass (crops of one size); the group losses add, as in the
         # official code (a sum, not a mean over crop counts).
-        loss, smoothing = 0.0, self.cfg.idmm.label_smoothing
+        loss, smoothing = 0.0, self.settings.label_smoothing
         for grp in groups:
             f = self.backbone(grp.x)
             if self.sharded:
@@ -73,7 +106,7 @@ class IDMM(Method):
 
     @torch.no_grad()
     def on_train_start(self, images):
-        if self.cfg.idmm.head_init != "imprint":
+        if self.settings.head_init != "imprint":
             return
         # A random head gives every image a random target code, so early training scatters
         # similar images apart (kNN accuracy falls below that of the random backbone). Starting
@@ -90,7 +123,7 @@ class IDMM(Method):
             cfg.eval_batch_size,
         )
         norm = feats.norm(dim=1, keepdim=True).clamp(min=1e-6)
-        scale = 1.0 / (cfg.idmm.imprint_temperature * norm.mean())
+        scale = 1.0 / (self.settings.imprint_temperature * norm.mean())
         weight = feats / norm * scale
         if self.sharded:
             self.head.load_rows(weight, torch.zeros(len(weight)))
@@ -104,5 +137,5 @@ class IDMM(Method):
         rest = [p for p in self.parameters() if id(p) not in head_ids and p.requires_grad]
         return [
             {"params": rest, "lr_scale": 1.0, "weight_decay": weight_decay},
-            {"params": head, "lr_scale": self.cfg.idmm.head_lr_scale, "weight_decay": weight_decay},
+            {"params": head, "lr_scale": self.settings.head_lr_scale, "weight_decay": weight_decay},
         ]

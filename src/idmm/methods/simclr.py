@@ -7,6 +7,8 @@ only. The loss (`losses.multi_positive_contrastive`) is keyed by an id, which Su
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -14,14 +16,34 @@ from ..losses import multi_positive_contrastive
 from .base import Method
 
 
+@dataclass
+class ContrastiveConfig:
+    """The `contrastive.*` settings of SimCLR and SupCon: one multi-positive InfoNCE loss on
+    projected, L2-normalised features."""
+
+    temperature: float = 0.2
+    proj_hidden_dim: int = 512  # projection MLP: Linear, ReLU, Linear (no BatchNorm: with
+    proj_dim: int = 128  # several processes it would make K x B differ from 1 x K*B)
+
+    def problems(self) -> list[tuple[str, bool, str]]:
+        return [("temperature", self.temperature > 0, "positive")]
+
+
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
 class SimCLR(Method):
+    name, display_name = "simclr", "SimCLR"
+    settings_key, Settings = "contrastive", ContrastiveConfig
+
+    @classmethod
+    def describe(cls, cfg):
+        return f"temperature {cfg.contrastive.temperature}"
+
     def __init__(self, cfg, backbone, num_images, num_classes, views):
         super().__init__(cfg, backbone, num_images, num_classes, views)
-        c = cfg.contrastive
+        c = self.settings
         self.projector = projection_mlp(backbone.num_features, c.proj_hidden_dim, c.proj_dim)
 
     def ids(self, indices: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -37,4 +59,4 @@ class SimCLR(Method):
     def forward(self, batch):
         crops, ids = batch
         z = torch.cat([self.projector(self.backbone(x)) for x in crops])
-        return multi_positive_contrastive(z, ids, self.cfg.contrastive.temperature), {}
+        return multi_positive_contrastive(z, ids, self.settings.temperature), {}

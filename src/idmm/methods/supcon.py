@@ -8,6 +8,7 @@ from .simclr import SimCLR
 
 
 class SupCon(SimCLR):
+    name, display_name = "supcon", "SupCon"
     needs_labels = True
 
     def ids(self, indices, labels):

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import plots
-from .config import ConfigError, load_yaml
-from .engine.checkpoint import read_results
-from .engine.log import read_metrics
+from .. import plots
+from ..config import ConfigError, load_yaml
+from ..rundir import RunDir
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -39,19 +38,22 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_run(run: Path) -> dict:
+def load_run(path: Path) -> dict:
     """What the report needs of a run: config, results, metrics per stage, and its PNGs."""
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not an idmm run directory (no config.yaml)")
+    rd = RunDir(path).require()
+    run = rd.path
     metrics = {}
-    for stage in ("pretrain", "finetune", "scratch", "."):
-        m = read_metrics(run / stage)
+    stages = ("pretrain", "finetune", "scratch") if rd.kind == "run" else ()
+    for stage in stages:
+        m = rd.stage(stage).metrics()
         if m:
-            metrics["train" if stage == "." else stage] = m
-    config = _flatten(load_yaml(run / "config.yaml"))
-    results = read_results(run)
-    if "pretrain" not in results and "knn" not in results:  # `method` is not what trained it
-        config["method"] = _fine_tuning_kind(config)
+            metrics[stage] = m
+    if rd.metrics():
+        metrics["train"] = rd.metrics()
+    config = _flatten(load_yaml(rd.config_file))
+    results = rd.results()
+    if rd.kind == "finetune":  # a classifier without pre-training in this directory
+        config["method"] = "fine-tune" if config.get("init") else "scratch"
     return {
         "name": run.name,
         "config": config,
@@ -67,7 +69,7 @@ def differing_settings(runs: list[dict]) -> dict[str, list]:
     keys = sorted({k for r in runs for k in r["config"]})
     out = {}
     for k in keys:
-        if k == "out" or k.endswith(".init"):
+        if k == "out" or k == "init" or k.endswith(".init"):
             continue  # where a run lives says nothing about how it was trained
         values = [r["config"].get(k) for r in runs]
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
@@ -89,11 +91,6 @@ def accuracy_row(r: dict) -> dict[str, Any]:
         "top-5": ft.get("top5"),
         "minutes": minutes / 60 if minutes else None,
     }
-
-
-def _fine_tuning_kind(config: dict) -> str:
-    """A run without pre-training: a classifier from scratch or fine-tuned from `init`."""
-    return "fine-tune" if config.get("finetune.init") else "scratch"
 
 
 def _cell(v: Any, key: str) -> str:

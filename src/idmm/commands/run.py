@@ -1,4 +1,4 @@
-"""One command from a folder of images to a trained, evaluated model and a report:
+"""`idmm run`: one command from a folder of images to a trained, evaluated model and a report:
 
     idmm.run(data="fashion-mnist", subset_per_class=204, out="runs/fm", baseline=True)
 
@@ -7,63 +7,68 @@ With `baseline=true`, the same classifier is also trained from scratch with the 
 recipe for as many epochs as pre-training and fine-tuning together, so the report answers the
 question that matters: did pre-training on the data itself pay off?
 
-Layout of `out`: pretrain/, finetune/, scratch/ (each a complete run directory), plus
-config.yaml, results.json, report.md and plots/ at the top.
+The splits are decided once, by pre-training (pretrain/splits.json), and every later stage reads
+them back. Layout of `out`: pretrain/, finetune/, scratch/ (each a complete run directory), plus
+config.yaml, splits.json, results.json, report.md and plots/ at the top.
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+import shutil
 from typing import Any
 
-from . import plots
-from .api import evaluate_knn, evaluate_linear, make_config, pretrain
-from .config import Config, save_yaml
-from .engine.checkpoint import read_results, write_json
-from .engine.distributed import is_main_process
-from .engine.log import read_metrics
+from .. import plots
+from ..builders import make_config
+from ..config import FinetuneConfig, finetune_config, pretrain_config, run_config
+from ..engine.distributed import is_main_process
+from ..methods import display_name, get_method
+from ..rundir import RunDir
+from .evaluate import frozen_features, knn, linear
 from .finetune import run_finetune
-from .methods import display_name
-
-SUMMARY_KEYS = ("top1", "top1_best", "top5", "time_s", "epochs")
+from .pretrain import run_pretrain
 
 
-def run(config: Config | str | Path | None = None, **overrides: Any) -> dict:
+def run(config: Any = None, **overrides: Any) -> dict:
     """The whole pipeline; returns the combined results (also in out/results.json)."""
     cfg = make_config(config, **overrides)
-    out = Path(cfg.out)
-    pre = copy.deepcopy(cfg)
-    pre.out = str(out / "pretrain")
-    pretrain(pre)  # resolves pre's model, sizes and normalisation in place
+    out = RunDir(cfg.out)
+    pre = pretrain_config(cfg)
+    pre.out = str(out.stage("pretrain").path)
+    run_pretrain(pre)  # resolves pre's model, sizes and normalisation in place
+    pre_run = out.stage("pretrain")
     where = {"device": pre.device, "precision": pre.precision}
     if cfg.threads:
         where["threads"] = cfg.threads
+    feats = frozen_features(pre_run.path, **where)  # once, for both probes
     results: dict[str, Any] = {
         "method": pre.method,
-        "pretrain": read_results(out / "pretrain").get("pretrain", {}),
-        "knn": evaluate_knn(out / "pretrain", **where),
-        "linear": evaluate_linear(out / "pretrain", **where),
+        "pretrain": pre_run.results().get("pretrain", {}),
+        "knn": knn(feats),
+        "linear": linear(feats),
     }
-    ft = _stage(cfg, pre, out / "finetune")
-    ft.finetune.init = str(out / "pretrain")
+    ft = _stage(cfg, pre, out.stage("finetune"))
+    ft.init = str(pre_run.path)
     results["finetune"] = run_finetune(ft)
     if cfg.baseline:
-        scratch = _stage(cfg, pre, out / "scratch")
-        scratch.finetune.init = None
-        scratch.finetune.epochs = cfg.epochs + cfg.finetune.epochs  # the same total epochs
-        results["scratch"] = run_finetune(scratch)
+        scratch = _stage(cfg, pre, out.stage("scratch"))
+        scratch.init = None
+        scratch.epochs = cfg.epochs + cfg.finetune.epochs  # the same total epochs
+        results["scratch"] = run_finetune(scratch, inherit=pre_run)
     if is_main_process():  # under torchrun, one process writes
-        save_yaml(pre, out / "config.yaml")
-        write_json(out / "results.json", results)
+        ran = run_config(pre, ft, cfg.baseline)  # what ran, resolved, in the recipe's shape
+        ran.out = str(out.path)
+        out.write_config(ran)
+        shutil.copyfile(pre_run.splits_file, out.splits_file)
+        out.write_results(results)
         write_report(out, pre, results)
     return results
 
 
-def _stage(cfg: Config, pre: Config, out: Path) -> Config:
+def _stage(cfg, pre, run: RunDir) -> FinetuneConfig:
     """A fine-tuning config on the pre-trained architecture and normalisation."""
-    c = copy.deepcopy(cfg)
-    c.out, c.model, c.img_size = str(out), pre.model, pre.img_size
+    c = finetune_config(cfg)
+    c.out, c.model = str(run.path), pre.model
+    c.img_size = c.img_size or pre.img_size
     c.data.mean, c.data.std = pre.data.mean, pre.data.std
     c.device, c.precision = pre.device, pre.precision
     return c
@@ -75,7 +80,8 @@ def _pct(x: float | None) -> str:
 
 def summary_table(results: dict) -> str:
     """The headline numbers as a Markdown table (printed by the CLI, opened by the report)."""
-    rows = ["| model | epochs | minutes | test top-1 (last) | best | top-5 |", "|---" * 6 + "|"]
+    header = "| model | epochs | minutes | test top-1 (last) | val top-1 | top-5 |"
+    rows = [header, "|---" * 6 + "|"]
     pre = results.get("pretrain", {})
     pre_time = pre.get("time_s") or 0.0
     method = display_name(results.get("method", "idmm"))
@@ -92,63 +98,51 @@ def summary_table(results: dict) -> str:
         minutes = ((r.get("time_s") or 0.0) + extra_time) / 60
         rows.append(
             f"| {name} | {epochs} | {minutes:.1f} | {_pct(r.get('top1'))} | "
-            f"{_pct(r.get('top1_best'))} | {_pct(r.get('top5'))} |"
+            f"{_pct(r.get('val_top1'))} | {_pct(r.get('top5'))} |"
         )
     return "\n".join(rows)
 
 
-def _method_recipe(cfg: Config) -> str:
-    if cfg.method == "idmm":
-        i = cfg.idmm
-        return (f", CutMix alpha {i.cutmix_alpha}, label smoothing {i.label_smoothing}, "
-                f"head init `{i.head_init}`")  # fmt: skip
-    if cfg.method in ("simclr", "supcon"):
-        return f", temperature {cfg.contrastive.temperature}"
-    if cfg.method == "dino":
-        d = cfg.dino
-        return f", {d.out_dim} prototypes, teacher temperature {d.teacher_temp}"
-    return ""
-
-
-def write_report(out: Path, cfg: Config, results: dict) -> Path:
+def write_report(out: RunDir, cfg, results: dict) -> None:
     """report.md: the numbers, the recipe, the curves and the confusion matrix."""
     # fine-tuning continues the pre-training's epoch count, so the from-scratch baseline (with as
     # many epochs in total) lines up with the IDMM curves on one axis
     shift = cfg.epochs
     method = display_name(cfg.method)
     runs = {
-        f"{method} pre-training": read_metrics(out / "pretrain"),
+        f"{method} pre-training": out.stage("pretrain").metrics(),
         "fine-tuning": [
             {**r, "epoch": r["epoch"] + shift} if "epoch" in r else r
-            for r in read_metrics(out / "finetune")
+            for r in out.stage("finetune").metrics()
         ],
     }
-    if (out / "scratch").is_dir():
-        runs["supervised from scratch"] = read_metrics(out / "scratch")
-    plots.plot_curves(runs, out / "plots" / "curves.png", title=f"{cfg.data.source}")
-    ft = results["finetune"]
-    knn, lin = results["knn"], results["linear"]
+    if out.stage("scratch").exists():
+        runs["supervised from scratch"] = out.stage("scratch").metrics()
+    plots.plot_curves(runs, out.plots / "curves.png", title=f"{cfg.data.source}")
+    ft, knn_r, lin = results["finetune"], results["knn"], results["linear"]
     per_class = "\n".join(
         f"| {c} | {_pct(a)} |" for c, a in sorted(ft.get("per_class", {}).items())
     )
-    f = cfg.finetune
+    f = finetune_config(out.read_config())
+    recipe = get_method(cfg.method).describe(cfg)
     text = f"""# idmm report: {cfg.data.source}
 
 {summary_table(results)}
 
-Evaluated on the {ft["test_split"]} split ({ft["test_images"]} images); training set
-{ft["train_images"]} images. Top-1 is the last epoch's (the paper's protocol).
+Evaluated once on the test split ({ft["test_split"]}, {ft["test_images"]} images) after the last
+epoch (the paper's protocol); {ft["train_images"]} training images. Choices are made on the
+validation split; `splits.json` lists which images are in which split.
 
 ## Frozen {method} backbone
 
-- kNN (cosine, k={knn["k"]}, T={knn["temperature"]}): **{_pct(knn["top1"])}**
-- linear probe (lr {lin["best_lr"]} chosen on held-out training images): **{_pct(lin["top1"])}**
+- kNN (cosine, k={knn_r["k"]}, T={knn_r["temperature"]}): **{_pct(knn_r["top1"])}**
+- linear probe (lr {lin["best_lr"]} chosen on {lin["lr_chosen_on"]}): **{_pct(lin["top1"])}**
 
 ## Recipe
 
 - model `{cfg.model}`, pre-training {cfg.epochs} epochs at {cfg.img_size}px, batch
   {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.aug.global_crops} global + {cfg.aug.local_crops} local
-  crops (local at {cfg.aug.local_size}px), method `{cfg.method}`{_method_recipe(cfg)}
+  crops (local at {cfg.aug.local_size}px), method `{cfg.method}`{", " + recipe if recipe else ""}
 - fine-tuning {f.epochs} epochs at {ft["img_size"]}px, batch {f.batch_size}, base lr {f.base_lr},
   RandAugment {f.randaug_ops} ops m{f.randaug_magnitude}, Mixup (even epochs) alpha
   {f.mixup_alpha} / CutMix (odd epochs) alpha {f.cutmix_alpha}, label smoothing
@@ -159,7 +153,7 @@ Evaluated on the {ft["test_split"]} split ({ft["test_images"]} images); training
 
 ![training curves](plots/curves.png)
 
-## Confusion matrix (fine-tuned, last epoch)
+## Confusion matrix (fine-tuned, last epoch, test split)
 
 ![confusion matrix](finetune/plots/confusion.png)
 
@@ -167,6 +161,4 @@ Evaluated on the {ft["test_split"]} split ({ft["test_images"]} images); training
 |---|---|
 {per_class}
 """
-    path = out / "report.md"
-    path.write_text(text)
-    return path
+    out.report_file.write_text(text)

@@ -1,4 +1,5 @@
-"""Use a trained model outside idmm: export it for timm, load it, predict with it.
+"""`idmm export` and `idmm predict`: use a trained model outside idmm (export it for timm, load
+it, predict with it).
 
 An export is two files: `model.safetensors` (timm parameter names; the classifier head of a
 fine-tuned model included) and `model.json` (the timm architecture and keyword arguments, the
@@ -24,41 +25,32 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from . import models
-from .config import ConfigError
-from .data.augment import eval_view
-from .data.base import Source
-from .data.cache import build_cache
-from .data.sources import DataError, _images_under, _is_image_name
-from .engine.checkpoint import write_json
-from .finetune import read_meta
-
-# Where the usable model of each kind of run directory lives, best first.
-_WEIGHTS = (
-    "finetune/stage2/model.safetensors",
-    "finetune/model.safetensors",
-    "stage2/model.safetensors",
-    "model.safetensors",
-    "export/model.safetensors",
-    "backbone.safetensors",
-)
+from .. import models
+from ..builders import read_meta
+from ..config import ConfigError
+from ..data.augment import eval_view
+from ..data.base import Source
+from ..data.cache import build_cache
+from ..data.sources import DataError, _images_under, _is_image_name
+from ..engine.checkpoint import write_json
+from ..rundir import RunDir
 
 
 def find_model(path: str | Path) -> Path:
-    """The weights of a run directory (`idmm run`, finetune or pretrain), an export directory or
-    a model.json, or a .safetensors file written by idmm."""
+    """The weights of a run directory (`idmm run`, finetune or pretrain: its classifier, else
+    its backbone), an export directory or its model.json, or a .safetensors file by idmm."""
     p = Path(path)
     if p.suffix == ".json" and p.is_file():
         p = p.parent
     if p.is_file():
         return p
-    for name in _WEIGHTS:
-        if (p / name).is_file():
-            return p / name
-    raise ConfigError(
-        f"{p}: no trained model found (looked for {', '.join(_WEIGHTS)}); pass a finished run "
-        "directory, an export directory or a .safetensors file written by idmm"
-    )
+    run = RunDir(p)
+    if not run.exists() and not (p / "model.json").is_file():
+        raise ConfigError(
+            f"{p}: no trained model found (not an idmm run directory: no config.yaml; nor an "
+            "export: no model.json); pass a finished run directory or a .safetensors file"
+        )
+    return run.model_weights()
 
 
 def build(meta: dict[str, str]) -> nn.Module:
@@ -103,7 +95,7 @@ def export(run: str | Path, out: str | Path | None = None) -> Path:
     weights = find_model(run)
     meta = read_meta(weights)
     info = describe(meta, build(meta))
-    out_dir = Path(out) if out else Path(run) / "export"
+    out_dir = Path(out) if out else RunDir.find(run).export_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.safetensors"
     if weights.resolve() != target.resolve():

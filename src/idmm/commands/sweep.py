@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import pipeline
-from .api import make_config, runtime
-from .compare import _names, _reuse
-from .config import Config, ConfigError
-from .engine.checkpoint import write_json
-from .engine.distributed import is_main_process
+from ..builders import make_config, runtime
+from ..config import ConfigError, RunConfig
+from ..engine.checkpoint import write_json
+from ..engine.distributed import is_main_process
+from ..models import count_params
+from ..plots import save_figure
+from .compare import names_of, reuse
 from .export import load_model
-from .models import count_params
-from .plots import save_figure
+from .run import run
 
 DEFAULT_MODELS = "vit_cpu_small,vit_cpu_small_conv,vit_cpu,resnet_cpu_small"
 
@@ -58,12 +58,12 @@ def measure(model: torch.nn.Module, size: int, rt, repeats: int = 20) -> dict[st
     return out
 
 
-def sweep(config: Config | str | Path | None = None, models: str | list[str] = DEFAULT_MODELS,
+def sweep(config: RunConfig | str | Path | None = None, models: str | list[str] = DEFAULT_MODELS,
           **overrides: Any) -> dict:  # fmt: skip
     """One row per model (also out/sweep.{json,csv,md} and out/plots/sweep.png)."""
     cfg = make_config(config, **overrides)
     out, rows = Path(cfg.out), {}
-    for name in _names(models, "models"):
+    for name in names_of(models, "models"):
         c = copy.deepcopy(cfg)
         c.model, c.out, c.baseline = name, str(out / name), False
         if "@" in name:  # model@SIZE: every crop of this model at SIZE px (PVTv2 needs >= 32)
@@ -71,8 +71,8 @@ def sweep(config: Config | str | Path | None = None, models: str | list[str] = D
             if not size.isdigit():
                 raise ConfigError(f"models=: '{name}' should be MODEL@PIXELS, e.g. pvt_v2_b0@32")
             c.img_size = c.aug.local_size = c.finetune.img_size = int(size)
-        _reuse(c, cfg)
-        r = pipeline.run(c)
+        reuse(c, cfg)
+        r = run(c)
         rt = runtime(c)
         model = load_model(out / name / "finetune")
         size = model.pretrained_cfg["input_size"][-1]
@@ -108,7 +108,7 @@ def sweep_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def write_sweep(out: Path, rows: dict, cfg: Config) -> None:
+def write_sweep(out: Path, rows: dict, cfg: RunConfig) -> None:
     write_json(out / "sweep.json", rows)
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(next(iter(rows.values()))))
