@@ -215,5 +215,6 @@ def test_training_past_the_memory_threshold_uses_the_file(tmp_path):
     idmm.pretrain(data=str(tmp_path / "imgs"), out=str(tmp_path / "run"), model="vit_test",
                   img_size=28, epochs=1, batch_size=4, threads=2, progress="log",
                   **{"data.memmap_gb": 0.0, "data.cache_dir": str(tmp_path / "cache")})  # fmt: skip
-    assert len(list((tmp_path / "cache").glob("*28px*.npy"))) == 1
+    # the training and validation splits, each decoded once into its own file
+    assert len(list((tmp_path / "cache").glob("*28px*.npy"))) == 2
     assert (tmp_path / "run" / "backbone.safetensors").is_file()

@@ -71,22 +71,22 @@ def _source(labels):
 def test_decide_is_stratified_seeded_and_disjoint():
     src = _source([0] * 50 + [1] * 30)
     kw = dict(seed=0, val_fraction=0.1, test_fraction=0.2, val_from=None, test_from=None)
-    s = splitting.decide(src, list(range(80)), **kw)
+    s = splitting.decide(src, **kw)
     labels = np.asarray(src.labels)
     assert [int((labels[s.test] == c).sum()) for c in (0, 1)] == [10, 6]
     assert [int((labels[s.val] == c).sum()) for c in (0, 1)] == [5, 3]
     assert sorted(s.train + s.val + s.test) == list(range(80))
-    assert s == splitting.decide(src, list(range(80)), **kw)  # the same seed, the same split
-    assert s.test != splitting.decide(src, list(range(80)), **dict(kw, seed=1)).test
+    assert s == splitting.decide(src, **kw)  # the same seed, the same split
+    assert s.test != splitting.decide(src, **dict(kw, seed=1)).test
     # a dataset with its own test split holds out validation only; unlabelled data trains all
-    own = splitting.decide(src, list(range(80)), **dict(kw, test_from="dataset"))
+    own = splitting.decide(src, **dict(kw, test_from="dataset"))
     assert own.test == [] and len(own.val) == 8 and own.test_from == "dataset"
-    bare = splitting.decide(Source("u", "train", ["x"] * 5, None, []), list(range(5)), **kw)
+    bare = splitting.decide(Source("u", "train", ["x"] * 5, None, []), **kw)
     assert bare.train == [0, 1, 2, 3, 4] and bare.val == bare.test == []
 
 
 def test_every_class_keeps_a_training_image():
-    s = splitting.decide(_source([0, 0, 1]), [0, 1, 2], seed=0, val_fraction=0.1,
+    s = splitting.decide(_source([0, 0, 1]), seed=0, val_fraction=0.1,
                          test_fraction=0.2, val_from=None, test_from=None)  # fmt: skip
     assert {0, 1} - {[0, 0, 1][i] for i in s.train} == set()  # class 1 has 1 image: train
 

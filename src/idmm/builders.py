@@ -107,27 +107,22 @@ def load_data(
     cfg: Any, run: RunDir | None, *, size: int | None = None, progress: bool = False,
     inherit: RunDir | None = None, with_test: bool = True,
 ) -> Dataset:  # fmt: skip
-    """The training images, decoded once, split as `run` recorded (or `inherit`, a run on the
-    same data, e.g. the pre-training a fine-tuning starts from), else decided now and written to
-    `run`'s splits.json."""
+    """The training images split as `run` recorded (or `inherit`, a run on the same data, e.g.
+    the pre-training a fine-tuning starts from), else as decided now and written to `run`'s
+    splits.json; then each split decoded once (its own memory-mapped file when large)."""
     src = training_source(cfg)
     size = size or cfg.data.cache_size or cfg.img_size
-    data = cached(cfg, src, size, progress)
-    if len(data) < len(src):  # the warning lists them; train.log keeps the count
-        skipped = [src.describe(i) for i in sorted(set(range(len(src))) - set(data.kept))]
-        LOG.warning(f"skipped {len(skipped)} unreadable images (data.skip_bad=true): {skipped[:5]}")
-    splits = _splits(cfg, run, inherit, src, data)
+    splits = _splits(cfg, run, inherit, src)
     if run is not None and rank_and_world()[0] == 0 and not run.splits_file.is_file():
         run.path.mkdir(parents=True, exist_ok=True)
         splits.save(run.splits_file, src)
-    rows = {pos: row for row, pos in enumerate(data.kept)}
-    train = _select(data, [rows[p] for p in splits.train])
-    val = _select(data, [rows[p] for p in splits.val]) if splits.val else None
+    train = _part(cfg, src, splits.train, size, progress)
+    val = _part(cfg, src, splits.val, size, progress) if splits.val else None
     if splits.val_from not in (splitting.HOLDOUT, "none"):
         val = _other(cfg, splits.val_from, "train", train, progress, "data.val")
     test = None
     if with_test and splits.test_from == splitting.HOLDOUT:
-        test = _select(data, [rows[p] for p in splits.test])
+        test = _part(cfg, src, splits.test, size, progress)
     elif with_test and splits.test_from == "dataset":
         test = _other(cfg, cfg.data.source, "test", train, progress, "test split", cfg.data.root)
     elif with_test and splits.test_from != "none":
@@ -135,7 +130,20 @@ def load_data(
     return Dataset(train, val, test, splits, src.name)
 
 
-def _splits(cfg, run, inherit, src, data) -> splitting.Splits:
+def _part(cfg, src: Source, positions: list[int], size: int, progress: bool) -> CachedData:
+    """One split of `src`, decoded; `kept` holds positions in `src` (bad images skipped)."""
+    labels = None if src.labels is None else [src.labels[i] for i in positions]
+    part = Source(src.name, src.split, [src.items[i] for i in positions], labels,
+                  list(src.classes), src.array)  # fmt: skip
+    data = cached(cfg, part, size, progress)
+    if len(data) < len(part):  # the warning lists them; train.log keeps the count
+        skipped = [part.describe(i) for i in sorted(set(range(len(part))) - set(data.kept))]
+        LOG.warning(f"skipped {len(skipped)} unreadable images (data.skip_bad=true): {skipped[:5]}")
+    data.kept = [positions[k] for k in data.kept]
+    return data
+
+
+def _splits(cfg, run, inherit, src) -> splitting.Splits:
     if run is not None and run.splits_file.is_file():  # this run's own: must still match
         return splitting.check(run.splits(), src, run.splits_file)
     if inherit is not None and inherit.splits_file.is_file():
@@ -145,7 +153,7 @@ def _splits(cfg, run, inherit, src, data) -> splitting.Splits:
     d = cfg.data
     has_test = d.test or open_source(d.source, "test", d.root) is not None
     test_from = d.test or ("dataset" if has_test else None)
-    return splitting.decide(src, data.kept, seed=d.split_seed, val_fraction=d.val_fraction,
+    return splitting.decide(src, seed=d.split_seed, val_fraction=d.val_fraction,
                             test_fraction=d.test_fraction, val_from=d.val,
                             test_from=test_from)  # fmt: skip
 
@@ -168,13 +176,6 @@ def _relabel(d: CachedData, classes: list[str], where: str) -> CachedData:
         )
     lut = torch.tensor([classes.index(c) for c in d.classes])
     return CachedData(d.images, lut[d.labels], classes, d.size, d.source_name, d.kept)
-
-
-def _select(d: CachedData, rows: list[int]) -> CachedData:
-    idx = torch.tensor(rows, dtype=torch.long)
-    labels = None if d.labels is None else d.labels[idx]
-    kept = [d.kept[r] for r in rows]
-    return CachedData(d.images[idx].contiguous(), labels, d.classes, d.size, d.source_name, kept)
 
 
 def data_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

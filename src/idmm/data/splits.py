@@ -73,10 +73,11 @@ def items_hash(src: Source) -> str:
 
 
 def decide(
-    src: Source, kept: list[int], *, seed: int, val_fraction: float, test_fraction: float,
-    val_from: str | None, test_from: str | None,
+    src: Source, *, seed: int, val_fraction: float, test_fraction: float, val_from: str | None,
+    test_from: str | None,
 ) -> Splits:  # fmt: skip
-    """Split the decodable training images `kept` (positions in `src`), stratified by class.
+    """Split the training images of `src` (by item and label: before any decoding), stratified
+    by class. An image that cannot be decoded is left out of its split later (data.skip_bad).
 
     `val_from` / `test_from`: a path or "dataset" when that split comes from elsewhere, None to
     hold it out of the training images. Each class keeps at least one training image.
@@ -85,17 +86,16 @@ def decide(
     hold_test = test_from is None
     s = Splits(seed, val_fraction, test_fraction, "none", test_from or "none", items_hash(src))
     if src.labels is None:  # unlabelled: nothing to evaluate, everything trains
-        s.train = sorted(kept)
+        s.train = list(range(len(src)))
         s.val_from = val_from or "none"
         return s
     if hold_test:
         s.test_from = HOLDOUT
     s.val_from = HOLDOUT if hold_val else (val_from or "none")
     rng = np.random.default_rng(seed)
-    labels = np.asarray(src.labels)[kept]
-    kept_arr = np.asarray(kept)
+    labels = np.asarray(src.labels)
     for c in np.unique(labels):
-        members = rng.permutation(kept_arr[labels == c])
+        members = rng.permutation(np.flatnonzero(labels == c))
         n = len(members)
         n_test = _share(n, test_fraction) if hold_test else 0
         n_val = _share(n - n_test, val_fraction * n / max(n - n_test, 1)) if hold_val else 0
