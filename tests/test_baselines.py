@@ -70,7 +70,8 @@ def test_gather_with_gradient_in_two_gloo_processes(tmp_path):
 
 
 def _method(name, **overrides):
-    cfg = make_config(method=name, model="vit_test", img_size=16, batch_size=8, **overrides)
+    cfg = make_config(**{"method": name, "model": "vit_test", "img_size": 16, "batch_size": 8,
+                         **overrides})
     rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
     resolve(cfg, rt, None)
     return cfg, build_method(cfg, rt, 32, 4)
@@ -104,6 +105,47 @@ def test_dino_teacher_and_centre_update(uint8_batch):
     assert all(torch.equal(a, b) for a, b in zip(frozen, m.teacher.parameters()))
 
 
+def test_dino_teacher_follows_batchnorm_and_the_student_is_exported(uint8_batch):
+    """The conv stem's BatchNorm statistics follow the EMA like the weights; the student (what
+    the paper's DINO baseline fine-tunes) is the representation."""
+    cfg, m = _method("dino", model="vit_cpu_small_conv", **{"dino.out_dim": 64,
+                                                            "dino.hidden_dim": 32})
+    assert m.representation() is m.backbone
+    m.train()
+    crops = m.prepare(uint8_batch[:8], torch.arange(8), None, None, torch.Generator())
+    m(crops)  # the student's BatchNorm sees a batch: its running statistics move
+    before = [b.clone() for b in m.teacher.buffers() if b.dtype.is_floating_point]
+    m.on_step_end(0.0)
+    student = [b for b in m.backbone.buffers() if b.dtype.is_floating_point]
+    for t0, s, t1 in zip(before, student, [b for b in m.teacher.buffers()
+                                           if b.dtype.is_floating_point]):  # fmt: skip
+        assert torch.allclose(t1, 0.996 * t0 + 0.004 * s, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.teacher.buffers()))
+
+
+def test_dino_optimiser_is_dinos():
+    """Weight decay 0.04 -> 0.4 on weights only, per-parameter clipping at 3, prototypes frozen
+    in the first epoch."""
+    cfg, m = _method("dino", **{"dino.out_dim": 64, "dino.hidden_dim": 32})
+    groups = m.param_groups(1e-3, 1e-3)
+    assert [g["weight_decay"] for g in groups] == [0.04, 0.0]
+    assert all(p.ndim > 1 for p in groups[0]["params"])
+    assert any(p is m.head.prototypes for p in groups[0]["params"])
+    assert m.weight_decay_at(0.0) == pytest.approx(0.04)
+    assert m.weight_decay_at(0.5) == pytest.approx(0.22) and m.weight_decay_at(1.0) == 0.4
+    for p in m.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    m.on_epoch_start(0)
+    m.before_optimizer_step()
+    assert m.head.prototypes.grad is None  # frozen in epoch 0
+    norms = [p.grad.norm().item() for p in m.parameters() if p.grad is not None]
+    assert max(norms) == pytest.approx(3.0, rel=1e-4)
+    m.on_epoch_start(1)
+    m.head.prototypes.grad = torch.ones_like(m.head.prototypes)
+    m.before_optimizer_step()
+    assert m.head.prototypes.grad is not None
+
+
 def test_dino_teacher_temperature_warms_up():
     cfg, m = _method(
         "dino",
@@ -133,7 +175,7 @@ def test_each_method_pretrains_evaluates_and_fine_tunes(tmp_path, name):
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
     knn = idmm.evaluate_knn(run)
     assert 0 <= knn["top1"] <= 1
-    model = idmm.load_model(idmm.export(run))  # a timm backbone (DINO: the teacher's)
+    model = idmm.load_model(idmm.export(run))  # a timm backbone (DINO: the student's)
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 48)
     ft = idmm.finetune(**common, init=str(run), out=str(tmp_path / "ft"), epochs=1)
     assert 0 <= ft["top1"] <= 1

@@ -26,3 +26,15 @@ def test_label_smoothing_matches_torch():
     # the smoothed target: 1 - eps + eps/N on the true class, eps/N elsewhere
     t = (1 - 0.1) * F.one_hot(y, 20).float() + 0.1 / 20
     assert torch.allclose(t.max(1).values, torch.full((6,), 0.9 + 0.005))
+
+
+def test_contrastive_loss_is_fp32_under_autocast():
+    """Under CPU bf16 autocast the similarities stay fp32, as IDMM's cross-entropy does."""
+    from idmm.losses import multi_positive_contrastive
+
+    z = torch.randn(12, 16, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(12) % 6
+    exact = multi_positive_contrastive(z, ids, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = multi_positive_contrastive(z, ids, 0.2)
+    assert under.dtype == torch.float32 and torch.allclose(under, exact, atol=1e-6)

@@ -45,10 +45,16 @@ def multi_positive_contrastive(z: torch.Tensor, ids: torch.Tensor, temperature: 
     seen once in the batch, one crop per image) has nothing to pull towards: it is left out
     instead of dividing by zero. The mean is over the valid anchors of all processes, so K
     processes x n crops give the loss (and, after DDP's gradient average, the gradient) of one
-    process with K*n crops.
+    process with K*n crops. Computed in fp32 under autocast too (as IDMM's cross-entropy): in
+    bf16, cosines / 0.2 carry only about 2-3 significant digits.
     """
+    with torch.autocast(z.device.type, enabled=False):
+        return _multi_positive_contrastive(z.float(), ids, temperature)
+
+
+def _multi_positive_contrastive(z: torch.Tensor, ids: torch.Tensor, temperature: float):
     rank, world = rank_and_world()
-    z = F.normalize(z.float(), dim=1)
+    z = F.normalize(z, dim=1)
     keys, key_ids = gather_with_grad(z), gather(ids)
     n = z.shape[0]
     logits = z @ keys.T / temperature

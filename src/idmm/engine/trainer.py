@@ -301,8 +301,11 @@ class Trainer:
     def train_step(self, idx: torch.Tensor, rng: np.random.Generator, g) -> float | None:
         cfg, rt = self.cfg, self.rt
         lr = lr_at(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
+        wd = self.method.weight_decay_at(self.step / max(1, self.total_steps))
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
+            if wd is not None and group.get("decay", True):
+                group["weight_decay"] = wd
         dev_idx = idx.to(rt.device)
         images = self.images[dev_idx if self.images.device == rt.device else idx].to(rt.device)
         labels = None if self.labels is None else self.labels[dev_idx]
@@ -320,12 +323,14 @@ class Trainer:
             loss.backward()
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+            self.method.before_optimizer_step()
             self.opt.step()
         else:
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
             if cfg.clip_grad:
-                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.clip_grad)
+            self.method.before_optimizer_step()
             self.scaler.step(self.opt)
             self.scaler.update()
         self.method.on_step_end((self.step + 1) / self.total_steps)

@@ -15,6 +15,14 @@ from torch import nn
 
 from ..data.augment import MultiCrop
 
+METHODS: dict[str, type[Method]] = {}  # name -> class, filled by @register
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available as `method=<cls.name>`."""
+    METHODS[cls.name] = cls
+    return cls
+
 
 class Method(nn.Module):
     name: ClassVar[str]  # the `method=` value
@@ -97,6 +105,14 @@ class Method(nn.Module):
 
     def on_train_start(self, images: torch.Tensor) -> None:
         """Hook before the first step of a new (not resumed) run, with every cached image."""
+
+    def weight_decay_at(self, progress: float) -> float | None:
+        """A weight-decay schedule over training (0..1) for the groups marked "decay"; None
+        keeps each group's own, fixed weight decay."""
+        return None
+
+    def before_optimizer_step(self) -> None:
+        """Hook between backward (gradients final, unscaled) and the optimiser step."""
 
     def on_step_end(self, epoch_progress: float) -> None:
         """Hook after each optimiser step (momentum teachers update here)."""

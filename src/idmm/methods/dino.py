@@ -5,7 +5,11 @@ sees the global crops. The student matches the teacher's sharpened (low temperat
 output distribution over `dino.out_dim` prototypes, for every pair of a teacher crop and a
 different student crop. Centring (subtracting a running mean of the teacher's outputs) and
 sharpening together keep the outputs from collapsing to one prototype or to uniform. The teacher
-is what `backbone.safetensors` holds, as DINO evaluates it.
+is updated as an exponential moving average of the student's parameters *and* BatchNorm statistics.
+As the paper's DINO baseline (and because the teacher of a short run still holds much of its random
+initialisation), the student is what `backbone.safetensors` holds and what fine-tuning starts from.
+The optimiser is DINO's: weight decay 0.04 -> 0.4 on weights only, per-parameter gradient clipping
+at 3.0, prototypes frozen for the first epoch, teacher-temperature warm-up (dino.warmup_*).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.distributed import all_reduce_sum, rank_and_world
-from .base import Method
+from .base import Method, register
 
 
 @dataclass
@@ -37,6 +41,13 @@ class DINOConfig:
     warmup_teacher_temp_epochs: int = 0  # ... over this many epochs
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # EMA momentum, raised to 1 on a cosine over training
+    # DINO's optimiser: weight decay on weights (not biases and norms) from weight_decay to
+    # weight_decay_end on a cosine; each parameter's gradient norm clipped at clip_grad; the
+    # prototypes (last layer) frozen for the first freeze_last_layer epochs.
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # 0 = off
+    freeze_last_layer: int = 1
 
     def problems(self) -> list[tuple[str, bool, str]]:
         return [
@@ -45,6 +56,10 @@ class DINOConfig:
             ("warmup_teacher_temp", self.warmup_teacher_temp > 0, "positive"),
             ("momentum_teacher", 0 <= self.momentum_teacher <= 1, "in [0, 1]"),
             ("center_momentum", 0 <= self.center_momentum <= 1, "in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("weight_decay_end", self.weight_decay_end >= 0, "0 or more"),
+            ("clip_grad", self.clip_grad >= 0, "0 (off) or more"),
+            ("freeze_last_layer", self.freeze_last_layer >= 0, "0 (off) or more"),
         ]
 
 
@@ -66,6 +81,7 @@ class DINOHead(nn.Module):
         return F.linear(x, F.normalize(self.prototypes, dim=-1))
 
 
+@register
 class DINO(Method):
     name, display_name, settings_key, Settings = "dino", "DINO", "dino", DINOConfig
 
@@ -95,11 +111,33 @@ class DINO(Method):
         self.teacher.eval()  # no drop-path in the teacher
         return self
 
-    def representation(self) -> nn.Module:
-        return self.teacher["backbone"]
-
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def param_groups(self, lr, weight_decay):
+        # DINO regularises weights only: no decay on biases, norms, and the class/pos tokens
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        rest = [p for p in params if p.ndim <= 1]
+        wd = self.settings.weight_decay
+        return [{"params": decay, "lr_scale": 1.0, "weight_decay": wd, "decay": True},
+                {"params": rest, "lr_scale": 1.0, "weight_decay": 0.0, "decay": False}]  # fmt: skip
+
+    def weight_decay_at(self, progress: float) -> float | None:
+        c = self.settings
+        return c.weight_decay_end + (c.weight_decay - c.weight_decay_end) * (
+            1 + math.cos(math.pi * progress)) / 2  # fmt: skip
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        c = self.settings
+        if c.clip_grad:  # each parameter's gradient on its own, as DINO's clip_gradients
+            for p in self.parameters():
+                if p.grad is not None:
+                    norm = p.grad.norm()
+                    p.grad.mul_(torch.clamp(c.clip_grad / (norm + 1e-6), max=1.0))
+        if self.epoch < c.freeze_last_layer:
+            self.head.prototypes.grad = None  # AdamW leaves a parameter without gradient alone
 
     def teacher_temp(self) -> float:
         c = self.settings
@@ -145,3 +183,9 @@ class DINO(Method):
         student = [*self.backbone.parameters(), *self.head.parameters()]
         for ps, pt in zip(student, self.teacher.parameters()):
             pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+        # BatchNorm statistics (the conv stem's, a CNN's) follow the same average; counters copy
+        for bs, bt in zip([*self.backbone.buffers(), *self.head.buffers()], self.teacher.buffers()):
+            if bt.dtype.is_floating_point:
+                bt.mul_(m).add_(bs, alpha=1 - m)
+            else:
+                bt.copy_(bs)

@@ -19,7 +19,7 @@ from ..engine.distributed import Runtime, rank_and_world
 from ..eval.features import extract_features
 from ..losses import mixed_soft_ce
 from ..models import trunc_normal_linear
-from .base import Method
+from .base import Method, register
 from .sharded_head import ShardedInstanceHead
 
 
@@ -56,6 +56,7 @@ class Group:
     lam: float
 
 
+@register
 class IDMM(Method):
     name, display_name, settings_key, Settings = "idmm", "IDMM", "idmm", IDMMConfig
 

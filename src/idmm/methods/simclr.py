@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..losses import multi_positive_contrastive
-from .base import Method
+from .base import Method, register
 
 
 @dataclass
@@ -33,6 +33,7 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
+@register
 class SimCLR(Method):
     name, display_name = "simclr", "SimCLR"
     settings_key, Settings = "contrastive", ContrastiveConfig

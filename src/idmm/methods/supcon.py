@@ -4,9 +4,11 @@ contrastive baseline."""
 
 from __future__ import annotations
 
+from .base import register
 from .simclr import SimCLR
 
 
+@register
 class SupCon(SimCLR):
     name, display_name = "supcon", "SupCon"
     needs_labels = True

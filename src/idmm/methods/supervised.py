@@ -16,7 +16,7 @@ from ..data.finetune_view import FinetuneView
 from ..data.mixing import cutmix, mixup
 from ..losses import mixed_soft_ce
 from ..models import PreLogits
-from .base import Method
+from .base import Method, register
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Batch:
     lam: float
 
 
+@register
 class Supervised(Method):
     name, display_name = "supervised", "supervised"
     settings_key, Settings = "supervised", SupervisedConfig
