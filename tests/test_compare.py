@@ -65,3 +65,52 @@ def test_transfer_matrix_reuses_finished_runs(tmp_path):
 def test_transfer_needs_sources_and_targets(capsys):
     assert cli.main(["transfer", "sources=fashion-mnist"]) == 2
     assert "missing targets=" in capsys.readouterr().err
+
+
+def test_compare_over_seeds_gives_intervals_and_paired_differences(tmp_path):
+    """seeds=2: each seed trains with its own seed, subset draw and splits; the summary has a
+    95% interval and the paired difference to the reference (idmm)."""
+    out = tmp_path / "cmp"
+    summary = compare(methods="idmm,idmm-paper,scratch", seeds=2, data="fashion-mnist",
+                      subset_per_class=8, out=str(out), **TINY)  # fmt: skip
+    assert list(summary) == ["idmm", "idmm-paper", "scratch"]
+    for s in summary.values():
+        assert s["seeds"] == 2 and len(s["finetune_top1"]["values"]) == 2
+        assert s["finetune_top1"]["ci95"] is not None
+    assert "diff_vs_reference" not in summary["idmm"]
+    d = summary["scratch"]["diff_vs_reference"]
+    idmm_v, scratch_v = summary["idmm"]["finetune_top1"]["values"], summary["scratch"][
+        "finetune_top1"]["values"]  # fmt: skip
+    assert d["mean"] == pytest.approx(sum(s - i for s, i in zip(scratch_v, idmm_v)) / 2)
+    splits = [json.loads((out / f"seed_{s}" / "idmm" / "splits.json").read_text())["items"]
+              for s in (0, 1)]  # fmt: skip
+    assert splits[0]["train"] != splits[1]["train"]  # its own subset draw per seed
+    paper = yaml_config(out / "seed_0" / "idmm-paper" / "pretrain" / "config.yaml")
+    assert paper["idmm"]["head_init"] == "random" and paper["aug"]["local_scale"] == [0.05, 0.4]
+    assert paper["aug"]["color_jitter"] == [0.8, 0.8, 0.8, 0.2]
+    table = (out / "compare.md").read_text()
+    assert "| IDMM (paper-faithful) |" in table and "95% interval" in table
+    rows = list(csv.DictReader((out / "compare.csv").read_text().splitlines()))
+    assert [r["seed"] for r in rows] == ["0", "0", "0", "1", "1", "1"]
+
+
+def test_ablate_runs_the_papers_steps(tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["ablate", "data=fashion-mnist", "subset_per_class=8", "model=vit_test", "img_size=16",
+            "finetune.img_size=28", "epochs=1", "batch_size=16", "finetune.epochs=1",
+            "finetune.batch_size=16", "linear.epochs=5", f"out={out}", "progress=log"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| + CutMix (= IDMM, paper-faithful) | 1 |" in printed and "| 79.9 |" in printed
+    plain = yaml_config(out / "ablate-plain" / "pretrain" / "config.yaml")
+    assert plain["img_size"] == 28 and plain["aug"]["local_crops"] == 0  # full size, 2 crops
+    assert plain["idmm"]["label_smoothing"] == 0 and plain["idmm"]["cutmix_alpha"] == 0
+    small = yaml_config(out / "ablate+smallres" / "pretrain" / "config.yaml")
+    assert small["img_size"] == 16 and small["idmm"]["label_smoothing"] == 0.1
+    assert (out / "ablation.md").is_file()
+
+
+def yaml_config(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())

@@ -4,6 +4,7 @@ The public API: one function per verb of the command line, with the same key nam
 """
 
 from .builders import make_config
+from .commands.ablate import ablate
 from .commands.compare import compare
 from .commands.evaluate import evaluate_knn, evaluate_linear
 from .commands.export import export, load_model, predict
@@ -25,6 +26,7 @@ __all__ = [
     "RunConfig",
     "RunDir",
     "__version__",
+    "ablate",
     "compare",
     "evaluate_knn",
     "evaluate_linear",

@@ -20,6 +20,7 @@ import json
 import sys
 
 from . import __version__
+from .commands.ablate import ablate, ablation_table
 from .commands.analyze import analyze
 from .commands.compare import DEFAULT_METHODS, compare, comparison_table
 from .commands.evaluate import evaluate_knn, evaluate_linear
@@ -69,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         ("pretrain", "pre-training (IDMM by default; method=simclr|supcon|dino|supervised)"),
         ("finetune", "supervised fine-tuning from init=RUN_DIR; without init, from scratch"),
         ("run", "pre-train, evaluate (kNN, linear), fine-tune, write report.md"),
-        ("compare", "methods=idmm,simclr,...,scratch: each pre-trained, evaluated, fine-tuned"),
+        ("compare", "methods=idmm,idmm-paper,simclr,...,scratch seeds=K: each pre-trained, "
+                    "evaluated, fine-tuned; mean, 95% interval, paired difference to reference="),
+        ("ablate", "the paper's ablation (Table 8) on this data: instance discrimination, + label "
+                   "smoothing, + small resolution, + multi-crop, + CutMix; seeds=K"),
         ("transfer", "sources=A,B targets=C,D: pre-train on each source, fine-tune on each target"),
         ("sweep", "models=a,b,c: the same recipe per model; accuracy vs params, FLOPs, latency"),
     ):
@@ -190,7 +194,15 @@ def _run(args) -> None:
 
 def _compare(args) -> None:
     kv = parse_overrides(args.settings)
-    print(comparison_table(compare(args.config, kv.pop("methods", DEFAULT_METHODS), **kv)))
+    methods, reference = kv.pop("methods", DEFAULT_METHODS), kv.pop("reference", "idmm")
+    rows = compare(args.config, methods, kv.pop("seeds", 1), reference,
+                   kv.pop("draws", "per_seed"), **kv)  # fmt: skip
+    print(comparison_table(rows, reference))
+
+
+def _ablate(args) -> None:
+    kv = parse_overrides(args.settings)
+    print(ablation_table(ablate(args.config, kv.pop("seeds", 1), **kv)))
 
 
 def _sweep(args) -> None:
@@ -224,6 +236,7 @@ VERBS = {
     "finetune": _finetune,
     "run": _run,
     "compare": _compare,
+    "ablate": _ablate,
     "transfer": _transfer,
     "sweep": _sweep,
     "eval": _eval,

@@ -1,13 +1,17 @@
-"""`idmm compare methods=idmm,simclr,supcon,dino,scratch`: the paper's method comparison, every
-run under the same trainer, augmentation, splits and budget (epochs), so the numbers differ only
-by what is compared:
+"""`idmm compare methods=idmm,simclr,supcon,dino,scratch seeds=3`: the paper's method comparison,
+every run under the same trainer, augmentation, splits and budget (epochs), repeated over seeds:
 
-    idmm compare --config configs/cpu/fmnist2040.yaml methods=idmm,simclr,supcon,dino,scratch
+    idmm compare --config configs/cpu/fmnist2040.yaml methods=idmm,idmm-paper,simclr,scratch seeds=3
 
-Runs `idmm run` (pre-train, kNN, linear probe, fine-tune) once per method in out/<method>/ and
-trains `scratch` (the classifier from random weights) for pre-training + fine-tuning epochs, on
-the splits the first pre-training decided. A run that already exists and finished is reused, not
-trained again (each stage runs with resume=true); overwrite=true trains everything anew.
+Each entry runs `idmm run` (pre-train, kNN, linear probe, fine-tune) in out/<name>/ (with
+seeds=K, out/seed_<s>/<name>/); `scratch` trains the classifier from random weights for
+pre-training + fine-tuning epochs; named variants (idmm-paper, the ablation steps) are a method
+with overrides (commands/variants.py). Seed k trains with seed+k and, unless draws=fixed, also
+draws its own subset and splits. The table gives mean ± std with a 95% interval of the test
+top-1 and each entry's difference to `reference=` (default idmm) paired over seeds, with its
+interval and p-value; an interval that covers 0 is printed as not significant. Choices were made
+on validation; the validation top-1 stands beside the test top-1. Finished runs are reused
+(each stage runs with resume=true); overwrite=true trains everything anew.
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .. import plots
+from .. import plots, stats
 from ..builders import make_config
-from ..config import ConfigError, RunConfig, finetune_config
+from ..config import ConfigError, RunConfig, finetune_config, set_key
 from ..engine.checkpoint import write_json
 from ..engine.distributed import is_main_process
 from ..methods import METHODS, display_name
 from ..rundir import RunDir
 from .finetune import run_finetune
 from .run import run
+from .variants import VARIANTS
 
-DEFAULT_METHODS = "idmm,simclr,supcon,dino,scratch"
+DEFAULT_METHODS = "idmm,idmm-paper,simclr,supcon,dino,scratch"
+METRICS = ("knn_top1", "linear_top1", "finetune_val_top1", "finetune_top1", "minutes")
 
 
 def names_of(value: str | list[str], key: str) -> list[str]:
@@ -43,67 +49,114 @@ def reuse(c: RunConfig, cfg: RunConfig) -> None:
     c.overwrite, c.resume = cfg.overwrite, not cfg.overwrite
 
 
+def label(name: str) -> str:
+    return VARIANTS[name].label if name in VARIANTS else display_name(name)
+
+
 def compare(config: Any = None, methods: str | list[str] = DEFAULT_METHODS,
+            seeds: int | str = 1, reference: str = "idmm", draws: str = "per_seed",
             **overrides: Any) -> dict:  # fmt: skip
-    """Each method pre-trained, evaluated and fine-tuned with the same settings; returns one row
-    per method (also out/compare.{json,csv,md} and out/plots/compare.png)."""
+    """Each entry pre-trained, evaluated and fine-tuned with the same settings, `seeds` times;
+    returns one summary row per entry (also out/compare.{json,csv,md}, out/plots/compare.png)."""
     cfg = make_config(config, **overrides)
     names = names_of(methods, "methods")
-    valid = [*METHODS, "scratch"]
+    valid = [*METHODS, "scratch", *VARIANTS]
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ConfigError(f"methods=: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
-    out, rows = Path(cfg.out), {}
-    pretrained = [RunDir(out / n / "pretrain") for n in names if n != "scratch"]
-    for name in names:
-        c = copy.deepcopy(cfg)
-        c.out, c.baseline = str(out / name), False
-        reuse(c, cfg)
-        if name == "scratch":  # a baseline, not a method: the classifier from random weights
-            ft = finetune_config(c)
-            ft.init = None
-            ft.epochs = cfg.epochs + cfg.finetune.epochs  # the same total epochs
-            splits = next((p for p in pretrained if p.splits_file.is_file()), None)
-            r = run_finetune(ft, inherit=splits)
-            rows[name] = _row(name, None, None, r, 0, ft.epochs, 0.0)
-        else:
-            c.method = name
-            r = run(c)
-            pre = r.get("pretrain", {})
-            rows[name] = _row(name, r["knn"], r["linear"], r["finetune"], cfg.epochs,
-                              cfg.finetune.epochs, pre.get("time_s") or 0.0)  # fmt: skip
+    n_seeds = int(seeds) if str(seeds).isdigit() else 0
+    if n_seeds < 1:
+        raise ConfigError(f"seeds={seeds}: give how many seeds to run, e.g. seeds=3")
+    if draws not in ("per_seed", "fixed"):
+        raise ConfigError(f"draws={draws}: per_seed (each seed its own subset and splits) or fixed")
+    out, per_seed = Path(cfg.out), {}
+    for k in range(n_seeds):
+        base = _seeded(cfg, k, draws == "fixed")
+        where = out if n_seeds == 1 else out / f"seed_{base.seed}"
+        per_seed[base.seed] = {name: _one(name, base, where) for name in names}
+    summary = summarise(per_seed, reference if reference in names else None)
     if is_main_process():
-        write_comparison(out, rows, cfg)
-    return rows
+        write_comparison(out, summary, per_seed, cfg, reference)
+    return summary
+
+
+def _seeded(cfg: RunConfig, k: int, fixed: bool) -> RunConfig:
+    c = copy.deepcopy(cfg)
+    c.seed = cfg.seed + k
+    if not fixed:  # another draw of the subset and of the held-out splits, too
+        c.data.subset_seed, c.data.split_seed = cfg.data.subset_seed + k, cfg.data.split_seed + k
+    return c
+
+
+def _one(name: str, cfg: RunConfig, where: Path) -> dict:
+    c = copy.deepcopy(cfg)
+    c.out, c.baseline = str(where / name), False
+    reuse(c, cfg)
+    if name == "scratch":  # a baseline, not a method: the classifier from random weights
+        ft = finetune_config(c)
+        ft.init, ft.epochs = None, cfg.epochs + cfg.finetune.epochs  # the same total epochs
+        found = [p for p in where.glob("*/pretrain") if (p / "splits.json").is_file()]
+        r = run_finetune(ft, inherit=RunDir(found[0]) if found else None)
+        return _row(name, None, None, r, 0, ft.epochs, 0.0)
+    if name in VARIANTS:
+        variant = VARIANTS[name]
+        c.method = variant.method
+        for key, value in variant.overrides(cfg).items():
+            set_key(c, key, value)
+    else:
+        c.method = name
+    r = run(c)
+    pre = r.get("pretrain", {})
+    return _row(name, r["knn"], r["linear"], r["finetune"], c.epochs, c.finetune.epochs,
+                pre.get("time_s") or 0.0)  # fmt: skip
 
 
 def _row(name, knn, linear, ft, pre_epochs, ft_epochs, pre_time) -> dict:
     return {
-        "method": display_name(name),
+        "method": label(name),
         "pretrain_epochs": pre_epochs,
         "finetune_epochs": ft_epochs,
         "knn_top1": knn["top1"] if knn else None,
         "linear_top1": linear["top1"] if linear else None,
+        "finetune_val_top1": ft.get("val_top1"),
         "finetune_top1": ft.get("top1"),
         "minutes": (pre_time + (ft.get("time_s") or 0.0)) / 60,
     }
 
 
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{x * 100:.2f}"
+def summarise(per_seed: dict[int, dict[str, dict]], reference: str | None) -> dict:
+    """Per entry: each metric's summary over seeds, and the test top-1's paired difference to
+    the reference entry."""
+    names = list(next(iter(per_seed.values())))
+    out = {}
+    for name in names:
+        rows = [r[name] for r in per_seed.values()]
+        s = {"method": rows[0]["method"], "seeds": len(rows),
+             "epochs": f"{rows[0]['pretrain_epochs']} + {rows[0]['finetune_epochs']}"}  # fmt: skip
+        for m in METRICS:
+            values = [r[m] for r in rows if r[m] is not None]
+            s[m] = stats.summary(values) if values else None
+        if reference is not None and name != reference:
+            ref = [r[reference]["finetune_top1"] for r in per_seed.values()]
+            s["diff_vs_reference"] = stats.paired([r["finetune_top1"] for r in rows], ref)
+        out[name] = s
+    return out
 
 
-def comparison_table(rows: dict) -> str:
+def comparison_table(summary: dict, reference: str = "idmm") -> str:
+    ref = label(reference)
     lines = [
-        "| method | epochs (pre-train + fine-tune) | kNN top-1 (%) | linear top-1 (%) | "
-        "fine-tune top-1 (%) | minutes |",
-        "|---|---|---|---|---|---|",
+        f"| method | epochs (pre-train + fine-tune) | seeds | kNN top-1 (%) | linear top-1 (%) | "
+        f"fine-tune val top-1 (%) | fine-tune test top-1 (%) | 95% interval | test vs {ref}: "
+        "difference, 95% interval, p | minutes |",
+        "|---" * 10 + "|",
     ]
-    for r in rows.values():
+    for s in summary.values():
         lines.append(
-            f"| {r['method']} | {r['pretrain_epochs']} + {r['finetune_epochs']} | "
-            f"{_pct(r['knn_top1'])} | {_pct(r['linear_top1'])} | {_pct(r['finetune_top1'])} | "
-            f"{r['minutes']:.1f} |"
+            f"| {s['method']} | {s['epochs']} | {s['seeds']} | {stats.pct(s['knn_top1'])} | "
+            f"{stats.pct(s['linear_top1'])} | {stats.pct(s['finetune_val_top1'])} | "
+            f"{stats.pct(s['finetune_top1'])} | {stats.interval(s['finetune_top1'])} | "
+            f"{stats.difference(s.get('diff_vs_reference'))} | {s['minutes']['mean']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -113,22 +166,28 @@ def data_label(cfg: RunConfig) -> str:
     return f"{cfg.data.source} ({n} per class)" if n else cfg.data.source
 
 
-def write_comparison(out: Path, rows: dict, cfg: RunConfig) -> None:
-    cols = list(next(iter(rows.values())))
-    write_json(out / "compare.json", rows)
+def write_comparison(out: Path, summary: dict, per_seed: dict, cfg: RunConfig,
+                     reference: str) -> None:  # fmt: skip
+    write_json(out / "compare.json", {"summary": summary,
+                                      "per_seed": {str(k): v for k, v in per_seed.items()}})
+    cols = ["seed", *next(iter(next(iter(per_seed.values())).values()))]
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows(rows.values())
+        w.writerows({"seed": seed, **row} for seed, rows in per_seed.items()
+                    for row in rows.values())  # fmt: skip
     title = (
         f"# Comparison on {data_label(cfg)}: model {cfg.model}, pre-training {cfg.epochs} "
         f"epochs, fine-tuning {cfg.finetune.epochs} epochs (scratch: both)"
     )
-    text = f"{title}\n\n{comparison_table(rows)}\n\n![comparison](plots/compare.png)\n"
+    table = comparison_table(summary, reference)
+    text = f"{title}\n\n{table}\n\n![comparison](plots/compare.png)\n"
     (out / "compare.md").write_text(text)
-    bars = {
-        r["method"]: {"kNN": r["knn_top1"], "linear": r["linear_top1"],
-                      "fine-tune": r["finetune_top1"]}
-        for r in rows.values()
-    }  # fmt: skip
+
+    def mean(s):
+        return None if s is None else s["mean"]
+
+    bars = {s["method"]: {"kNN": mean(s["knn_top1"]), "linear": mean(s["linear_top1"]),
+                          "fine-tune": mean(s["finetune_top1"])}
+            for s in summary.values()}  # fmt: skip
     plots.plot_bars(bars, out / "plots" / "compare.png", title=data_label(cfg))
