@@ -187,6 +187,7 @@ class FinetuneSettings(SupervisedConfig):
     # the first stage's model; 0 epochs = no second stage.
     stage2_img_size: int | None = None
     stage2_epochs: int = 0
+    stage2_batch_size: int | None = None  # None = batch_size (the paper: 128)
     stage2_base_lr: float = 1e-4  # the paper: lr 5e-5 at batch 128
 
 

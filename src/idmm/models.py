@@ -243,7 +243,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
 
 
 def resize_pos_embed(model: nn.Module, posemb: torch.Tensor) -> torch.Tensor:
-    """Bicubic resize of a (1, prefix + H*W, D) position embedding to the model's grid."""
+    """Bicubic resize of a (1, prefix + H*W, D) position embedding to the model's grid, without
+    antialiasing: the official code's F.interpolate(mode="bicubic", align_corners=False)."""
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
         raise ConfigError(
@@ -251,7 +252,8 @@ def resize_pos_embed(model: nn.Module, posemb: torch.Tensor) -> torch.Tensor:
             "patch grid; fine-tune at the pre-training img_size"
         )
     prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-    return resample_abs_pos_embed(posemb, new_size=list(grid), num_prefix_tokens=prefix)
+    return resample_abs_pos_embed(posemb, new_size=list(grid), num_prefix_tokens=prefix,
+                                  antialias=False)  # fmt: skip
 
 
 def count_params(model: nn.Module) -> int:
