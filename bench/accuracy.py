@@ -6,9 +6,11 @@
         --json bench/results/accuracy_digits_cpu.json
 
 Every ViT row uses the same recipe (--config, default the CPU recipe) and the same total epochs:
-each pre-training method runs `idmm compare` (pre-train, kNN, linear probe, fine-tune) once per
-seed; `scratch` is the ViT classifier from random weights for pre-training + fine-tuning epochs;
-`cnn` is a ResNet-style CNN of similar size (resnet_cpu_small) trained the same way. Reference
+`idmm compare seeds=K` runs every entry (pre-train, kNN, linear probe, fine-tune) once per seed,
+each seed with its own subset draw and splits; `idmm-paper` is the paper-faithful IDMM at the
+recipe's resolution; `scratch` is the ViT classifier from random weights for pre-training +
+fine-tuning epochs; `cnn` a ResNet-style CNN of similar size (resnet_cpu_small) trained the same
+way. The table has mean ± std, the 95% interval and each row's paired difference to IDMM. Reference
 rows that need no network: kNN (k=5, cosine) and logistic regression on raw pixels. The IDMM
 sweep re-runs seed 0 with other pre-training epochs (the plot: accuracy against epochs).
 Finished runs under --out are reused, so an interrupted benchmark continues where it stopped.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,13 +30,11 @@ from machine import describe  # noqa: E402
 
 from idmm import compare, run  # noqa: E402
 from idmm.builders import load_data, make_config  # noqa: E402
-from idmm.commands.finetune import run_finetune  # noqa: E402
-from idmm.config import finetune_config  # noqa: E402
+from idmm.commands.compare import comparison_table  # noqa: E402
 from idmm.plots import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = "resnet_cpu_small"
-ALWAYS = ("idmm", "scratch")  # run for every seed even when --baseline-seeds is narrower
 NATIVE = {"fmnist-2040": 28, "sklearn-digits": 8}  # raw-pixel references at the stored size
 
 
@@ -74,18 +73,6 @@ def raw_pixel_references(cfg_path: str, data: str) -> dict:
     }
 
 
-def train_cnn(cfg_path: str, data: str, seed: int, out: Path) -> dict:
-    """The small CNN from scratch with the scratch ViT's recipe and epochs."""
-    cfg = make_config(cfg_path, **data_overrides(data), seed=seed, model=CNN, out=str(out),
-                      resume=True)  # fmt: skip
-    ft_cfg = finetune_config(cfg)
-    ft_cfg.init, ft_cfg.epochs = None, cfg.epochs + cfg.finetune.epochs
-    ft = run_finetune(ft_cfg)
-    return {"method": "CNN (resnet_cpu_small)", "pretrain_epochs": 0,
-            "finetune_epochs": ft_cfg.epochs, "knn_top1": None, "linear_top1": None,
-            "finetune_top1": ft.get("top1"), "minutes": (ft.get("time_s") or 0.0) / 60}  # fmt: skip
-
-
 def sweep(cfg_path: str, data: str, epochs: list[int], out: Path, seed0: Path,
           model: str | None = None) -> list[dict]:  # fmt: skip
     """IDMM at several pre-training lengths (seed 0, the same fine-tuning): accuracy vs epochs."""
@@ -106,55 +93,14 @@ def sweep(cfg_path: str, data: str, epochs: list[int], out: Path, seed0: Path,
     return rows
 
 
-def summarise(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
-    """Mean and (sample) standard deviation over seeds of each method's numbers."""
-    out: dict[str, dict] = {}
-    for rows in per_seed.values():
-        for key, row in rows.items():
-            s = out.setdefault(
-                key,
-                {
-                    "method": row["method"],
-                    "epochs": f"{row['pretrain_epochs']} + {row['finetune_epochs']}",
-                },
-            )
-            for m in ("knn_top1", "linear_top1", "finetune_top1", "minutes"):
-                if row[m] is not None:
-                    s.setdefault(m, []).append(row[m])
-    for s in out.values():
-        for m in ("knn_top1", "linear_top1", "finetune_top1", "minutes"):
-            if m in s:
-                v = s.pop(m)
-                s[m] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1
-                        else 0.0, "n": len(v), "values": v}  # fmt: skip
-    return out
-
-
-def _cell(s: dict, key: str, scale: float = 100.0, digits: int = 1) -> str:
-    if key not in s:
-        return ""
-    m, sd = s[key]["mean"] * scale, s[key]["std"] * scale
-    return f"{m:.{digits}f} ± {sd:.{digits}f}"
-
-
-def markdown(summary: dict, refs: dict, seeds: list[int]) -> str:
-    lines = [
-        f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (count: last column).",
-        "",
-        "| method | epochs (pre-train + fine-tune) | fine-tune top-1 (%) | kNN top-1 (%) | "
-        "linear top-1 (%) | minutes (median) | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in summary.values():
-        # minutes: the median, as a run slowed by other work on the machine is an outlier
-        minutes = statistics.median(s["minutes"]["values"])
-        lines.append(f"| {s['method']} | {s['epochs']} | {_cell(s, 'finetune_top1')} | "
-                     f"{_cell(s, 'knn_top1')} | {_cell(s, 'linear_top1')} | "
-                     f"{minutes:.1f} | {s['finetune_top1']['n']} |")  # fmt: skip
-    lines.append(f"| kNN on raw pixels (k=5, cosine) | - | {100 * refs['knn_raw_pixels']:.1f} "
-                 "| | | < 0.1 | - |")  # fmt: skip
-    lines.append(f"| logistic regression on raw pixels | - | "
-                 f"{100 * refs['logreg_raw_pixels']:.1f} | | | < 1 | - |")  # fmt: skip
+def markdown(summary: dict, refs: dict, seeds: int) -> str:
+    """`idmm compare`'s table (mean ± std, 95% interval, paired difference to IDMM) plus the
+    raw-pixel references."""
+    lines = [f"{seeds} seed(s); the test top-1 is evaluated once per run, after the last epoch.",
+             "", comparison_table(summary)]  # fmt: skip
+    for name, key, minutes in (("kNN on raw pixels (k=5, cosine)", "knn_raw_pixels", "< 0.1"),
+                               ("logistic regression on raw pixels", "logreg_raw_pixels", "< 1")):
+        lines.append(f"| {name} | - | - |  |  |  | {100 * refs[key]:.2f} |  |  | {minutes} |")
     return "\n".join(lines)
 
 
@@ -192,12 +138,9 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs/cpu/fmnist2040.yaml"))
     p.add_argument("--model", help="the ViT for IDMM, the baselines and scratch (default: the "
                    "recipe's)")  # fmt: skip
-    p.add_argument("--methods", default="idmm,simclr,supcon,dino,scratch")
+    p.add_argument("--methods", default="idmm,idmm-paper,simclr,supcon,dino,scratch")
     p.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--baseline-seeds", default=None,
-                   help="seeds for simclr/supcon/dino (default: --seeds); idmm, scratch and the "
-                        "CNN always run every seed")  # fmt: skip
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1, each its own subset draw")
     p.add_argument("--sweep", default="15,30,60,120", help="IDMM pre-training epochs (seed 0)")
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--json", type=Path, help="write the results here")
@@ -212,30 +155,22 @@ def main() -> None:
             plot(r["sweep"], r["summary"], r["references"], args.plot,
                  f"{r['data']}: accuracy vs IDMM pre-training")  # fmt: skip
         return
-    seeds = _ints(args.seeds)
     refs = raw_pixel_references(args.config, args.data)
     print(f"raw pixels: kNN {100 * refs['knn_raw_pixels']:.2f}%, "
           f"logistic regression {100 * refs['logreg_raw_pixels']:.2f}%", flush=True)  # fmt: skip
-    per_seed: dict[int, dict[str, dict]] = {}
-    base_seeds = seeds if args.baseline_seeds is None else _ints(args.baseline_seeds)
-    for seed in seeds:
-        d = args.out / f"seed{seed}"
-        methods = [m for m in args.methods.split(",") if seed in base_seeds or m in ALWAYS]
-        rows = compare(args.config, methods=methods, out=str(d), seed=seed,
-                       **vit_overrides(args.data, args.model))  # fmt: skip
-        if args.cnn:
-            rows["cnn"] = train_cnn(args.config, args.data, seed, d / "cnn")
-        per_seed[seed] = rows
-    summary = summarise(per_seed)
+    methods = args.methods + (",cnn" if args.cnn else "")
+    summary = compare(args.config, methods=methods, seeds=args.seeds, out=str(args.out),
+                      **vit_overrides(args.data, args.model))  # fmt: skip
     epochs = _ints(args.sweep)
-    sweep_rows = sweep(args.config, args.data, epochs, args.out / "sweep",
-                       args.out / f"seed{seeds[0]}", args.model) if epochs else []  # fmt: skip
-    table = markdown(summary, refs, seeds)
+    seed0 = args.out if args.seeds == 1 else args.out / "seed_0"
+    sweep_rows = sweep(args.config, args.data, epochs, args.out / "sweep", seed0,
+                       args.model) if epochs else []  # fmt: skip
+    table = markdown(summary, refs, args.seeds)
     print(table)
     result = {"machine": describe(), "data": args.data, "config": args.config,
-              "model": args.model or make_config(args.config).model, "seeds": seeds,
+              "model": args.model or make_config(args.config).model, "seeds": args.seeds,
               "references": refs, "summary": summary, "sweep": sweep_rows,
-              "per_seed": {str(k): v for k, v in per_seed.items()}}  # fmt: skip
+              "per_seed": json.loads((args.out / "compare.json").read_text())["per_seed"]}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

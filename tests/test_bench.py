@@ -65,14 +65,21 @@ def test_raw_pixel_references_on_digits():
     assert 0.9 < refs["knn_raw_pixels"] <= 1.0 and 0.9 < refs["logreg_raw_pixels"] <= 1.0
 
 
-def test_seed_summary_mean_and_std():
-    def row(ft):
-        return {"method": "IDMM", "pretrain_epochs": 60, "finetune_epochs": 30, "knn_top1": None,
-                "linear_top1": 0.5, "finetune_top1": ft, "minutes": 2.0}  # fmt: skip
+def test_accuracy_table_has_intervals_differences_and_references():
+    from idmm.commands.compare import summarise
 
-    s = accuracy.summarise({0: {"idmm": row(0.7)}, 1: {"idmm": row(0.8)}, 2: {"idmm": row(0.9)}})
-    ft = s["idmm"]["finetune_top1"]
+    def row(method, ft):
+        return {"method": method, "pretrain_epochs": 60, "finetune_epochs": 30, "knn_top1": None,
+                "linear_top1": 0.5, "finetune_val_top1": ft, "finetune_top1": ft,
+                "minutes": 2.0}  # fmt: skip
+
+    per_seed = {s: {"idmm": row("IDMM", 0.7 + 0.1 * s), "scratch": row("scratch", 0.6 + 0.1 * s)}
+                for s in range(3)}  # fmt: skip
+    summary = summarise(per_seed, "idmm")
+    ft = summary["idmm"]["finetune_top1"]
     assert ft["mean"] == pytest.approx(0.8) and ft["std"] == pytest.approx(0.1) and ft["n"] == 3
-    assert "knn_top1" not in s["idmm"] and s["idmm"]["epochs"] == "60 + 30"
-    table = accuracy.markdown(s, {"knn_raw_pixels": 0.5, "logreg_raw_pixels": 0.6}, [0, 1, 2])
-    assert "| IDMM | 60 + 30 | 80.0 ± 10.0 |" in table and "60.0" in table
+    assert summary["idmm"]["knn_top1"] is None and summary["idmm"]["epochs"] == "60 + 30"
+    table = accuracy.markdown(summary, {"knn_raw_pixels": 0.5, "logreg_raw_pixels": 0.6}, 3)
+    assert "| IDMM | 60 + 30 | 3 |" in table and "80.00 ± 10.00" in table
+    assert "-10.00 [-10.00, -10.00], p 0.000" in table  # scratch: 10 points below on every seed
+    assert "| 60.00 |" in table

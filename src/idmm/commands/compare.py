@@ -92,19 +92,16 @@ def _one(name: str, cfg: RunConfig, where: Path) -> dict:
     c = copy.deepcopy(cfg)
     c.out, c.baseline = str(where / name), False
     reuse(c, cfg)
-    if name == "scratch":  # a baseline, not a method: the classifier from random weights
+    variant = VARIANTS.get(name)
+    for key, value in (variant.overrides(cfg) if variant else {}).items():
+        set_key(c, key, value)
+    if "scratch" in (name, variant and variant.method):  # the classifier from random weights
         ft = finetune_config(c)
         ft.init, ft.epochs = None, cfg.epochs + cfg.finetune.epochs  # the same total epochs
         found = [p for p in where.glob("*/pretrain") if (p / "splits.json").is_file()]
         r = run_finetune(ft, inherit=RunDir(found[0]) if found else None)
         return _row(name, None, None, r, 0, ft.epochs, 0.0)
-    if name in VARIANTS:
-        variant = VARIANTS[name]
-        c.method = variant.method
-        for key, value in variant.overrides(cfg).items():
-            set_key(c, key, value)
-    else:
-        c.method = name
+    c.method = variant.method if variant else name
     r = run(c)
     pre = r.get("pretrain", {})
     return _row(name, r["knn"], r["linear"], r["finetune"], c.epochs, c.finetune.epochs,

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Variant:
-    method: str
+    method: str  # a registered method, or "scratch" (a classifier from random weights)
     label: str  # its row in tables
     overrides: Callable[[Any], dict]  # recipe -> key=value overrides
 
@@ -54,6 +54,8 @@ def _plus_multicrop(cfg) -> dict:
 
 VARIANTS: dict[str, Variant] = {
     "idmm-paper": Variant("idmm", "IDMM (paper-faithful)", _paper),
+    # the scratch baseline's recipe on a ResNet-style CNN of the CPU ViT's size (0.9M parameters)
+    "cnn": Variant("scratch", "CNN (resnet_cpu_small)", lambda cfg: {"model": "resnet_cpu_small"}),
     "ablate-plain": Variant("idmm", "instance discrimination", _plain),
     "ablate+ls": Variant("idmm", "+ label smoothing", _plus_ls),
     "ablate+smallres": Variant("idmm", "+ small resolution", _plus_small),
