@@ -103,3 +103,13 @@ def test_each_run_directory_records_what_ran(tmp_path):
     with pytest.raises(idmm.ConfigError, match="fine-tuning run"):
         RunDir(ft).backbone_weights()
     assert RunDir.find(pre / "checkpoints" / "last.ckpt").path == pre
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[verb, "--help"] for verb in
+                                                ("pretrain", "compare", "ablate", "eval")]])
+def test_help_prints(argv, capsys):
+    from idmm import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0 and "usage: idmm" in capsys.readouterr().out

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         ("finetune", "supervised fine-tuning from init=RUN_DIR; without init, from scratch"),
         ("run", "pre-train, evaluate (kNN, linear), fine-tune, write report.md"),
         ("compare", "methods=idmm,idmm-paper,simclr,...,scratch seeds=K: each pre-trained, "
-                    "evaluated, fine-tuned; mean, 95% interval, paired difference to reference="),
+                    "evaluated, fine-tuned; mean, 95%% interval, paired difference to reference="),
         ("ablate", "the paper's ablation (Table 8) on this data: instance discrimination, + label "
                    "smoothing, + small resolution, + multi-crop, + CutMix; seeds=K"),
         ("transfer", "sources=A,B targets=C,D: pre-train on each source, fine-tune on each target"),
