@@ -92,7 +92,8 @@ def test_each_run_directory_records_what_ran(tmp_path):
     assert saved["epochs"] == 1 and "finetune" not in saved and "baseline" not in saved
     assert RunDir(pre).kind == "pretrain"
     ft = tmp_path / "ft"
-    idmm.finetune(init=str(pre), out=str(ft), epochs=2, eval_every=1, **TINY)
+    ft_keys = {k: v for k, v in TINY.items() if not k.startswith("aug.")}
+    idmm.finetune(init=str(pre), out=str(ft), epochs=2, eval_every=1, **ft_keys)
     saved = yaml.safe_load((ft / "config.yaml").read_text())
     # the fine-tuning's own values at the top level, not the pre-training's
     assert saved["epochs"] == 2 and saved["eval_every"] == 1 and saved["init"] == str(pre)
@@ -103,6 +104,10 @@ def test_each_run_directory_records_what_ran(tmp_path):
     with pytest.raises(idmm.ConfigError, match="fine-tuning run"):
         RunDir(ft).backbone_weights()
     assert RunDir.find(pre / "checkpoints" / "last.ckpt").path == pre
+    # a pre-training key given to fine-tuning would be dropped silently: it is an error
+    for key in ("knn_every", "aug.local_crops", "supervised.label_smoothing"):
+        with pytest.raises(idmm.ConfigError, match="pre-training key"):
+            idmm.finetune(init=str(pre), out=str(tmp_path / "x"), **{key: 1})
 
 
 @pytest.mark.parametrize("argv", [["--help"], *[[verb, "--help"] for verb in

@@ -47,7 +47,8 @@ def test_no_held_out_image_reaches_pre_training(folder, tmp_path, monkeypatch):
     assert len(items["test"]) == 6 and len(items["val"]) == 3 and len(items["train"]) == 21
     assert not held_out & seen[0]
     # fine-tuning from that run reads the same splits back and trains on the same images
-    idmm.finetune(data=folder, init=str(run), out=str(tmp_path / "ft"), epochs=1, **FOLDER)
+    ft_keys = {k: v for k, v in FOLDER.items() if not k.startswith("aug.")}
+    idmm.finetune(data=folder, init=str(run), out=str(tmp_path / "ft"), epochs=1, **ft_keys)
     assert seen[1] == seen[0] and _items(tmp_path / "ft") == items
 
 
@@ -95,7 +96,7 @@ def test_a_recorded_split_that_no_longer_matches_the_data_is_refused(folder, tmp
     run = tmp_path / "run"
     idmm.pretrain(data=folder, out=str(run), epochs=1, **FOLDER)
     write_image(tmp_path / "imgs" / "bag" / "one_more.png", 500)
-    with pytest.raises(DataError, match="splits.json was decided on other data"):
+    with pytest.raises(DataError, match="splits.json was decided on other images"):
         idmm.pretrain(data=folder, out=str(run), epochs=2, resume=True, **FOLDER)
 
 
@@ -107,3 +108,28 @@ def test_user_given_validation_and_test_folders(folder, tmp_path):
     data = load_data(cfg, None)
     assert (len(data.train), len(data.val), len(data.test)) == (30, 6, 9)
     assert data.splits.val_from.endswith("val") and data.splits.test_from.endswith("test")
+
+
+def test_a_stage_that_would_split_the_same_images_otherwise_is_refused(folder, tmp_path):
+    """Fine-tuning or evaluating on the pre-training's dataset must use its split: another subset
+    or other split settings would put images pre-training saw into val or test."""
+    run = tmp_path / "run"
+    idmm.pretrain(data=folder, out=str(run), epochs=1, subset_per_class=8, **FOLDER)
+    ft_keys = {k: v for k, v in FOLDER.items() if not k.startswith("aug.")}
+    with pytest.raises(DataError, match="other images"):  # the whole folder, not the subset
+        idmm.finetune(data=folder, init=str(run), out=str(tmp_path / "ft"), epochs=1, **ft_keys)
+    with pytest.raises(DataError, match="other images"):
+        idmm.evaluate_knn(run, data=folder)
+    with pytest.raises(DataError, match="splits the data with"):
+        idmm.finetune(data=folder, subset_per_class=8, init=str(run), out=str(tmp_path / "ft"),
+                      epochs=1, **{"data.split_seed": 1}, **ft_keys)  # fmt: skip
+
+
+def test_what_a_killed_run_left_is_not_reused(folder, tmp_path):
+    """A run killed before its first checkpoint leaves splits.json: a new run there decides its
+    own split instead of refusing or reusing it."""
+    run = tmp_path / "run"
+    idmm.pretrain(data=folder, out=str(run), epochs=1, **FOLDER)
+    (run / "checkpoints" / "last.ckpt").unlink()  # as if killed during the first epoch
+    idmm.pretrain(data=folder, out=str(run), epochs=1, **{"data.split_seed": 1}, **FOLDER)
+    assert json.loads((run / "splits.json").read_text())["seed"] == 1

@@ -22,7 +22,7 @@ from .data import memmap
 from .data import splits as splitting
 from .data.cache import CachedData, build_cache
 from .data.sources import DataError, Source, open_source, subset_per_class
-from .engine.distributed import Runtime, rank_and_world, setup
+from .engine.distributed import Runtime, barrier, rank_and_world, setup
 from .engine.log import LOGGER, setup_logging
 from .methods import Method, get_method
 from .rundir import RunDir
@@ -53,6 +53,7 @@ def start_run(cfg: Any) -> tuple[Runtime, RunDir, logging.Logger]:
     rt = runtime(cfg)
     run = RunDir(cfg.out)
     run.start(cfg.resume, cfg.overwrite, rt.is_main)
+    barrier(rt)  # no process reads the directory before rank 0 has cleared it
     log = setup_logging(run.log_file, rt.is_main)
     cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
     return rt, run, log
@@ -144,18 +145,21 @@ def _part(cfg, src: Source, positions: list[int], size: int, progress: bool) -> 
 
 
 def _splits(cfg, run, inherit, src) -> splitting.Splits:
-    if run is not None and run.splits_file.is_file():  # this run's own: must still match
-        return splitting.check(run.splits(), src, run.splits_file)
-    if inherit is not None and inherit.splits_file.is_file():
-        inherited = inherit.splits()
-        if inherited.items_hash == splitting.items_hash(src):
-            return inherited
+    """The run's own recorded split, else the inherited one when it is of this dataset (both
+    must still be what the data and settings give), else a new one."""
     d = cfg.data
     has_test = d.test or open_source(d.source, "test", d.root) is not None
     test_from = d.test or ("dataset" if has_test else None)
-    return splitting.decide(src, seed=d.split_seed, val_fraction=d.val_fraction,
-                            test_fraction=d.test_fraction, val_from=d.val,
-                            test_from=test_from)  # fmt: skip
+    decided = splitting.decide(src, seed=d.split_seed, val_fraction=d.val_fraction,
+                               test_fraction=d.test_fraction, val_from=d.val,
+                               test_from=test_from)  # fmt: skip
+    if run is not None and run.splits_file.is_file():
+        return splitting.check(run.splits(), decided, run.splits_file)
+    if inherit is not None and inherit.splits_file.is_file():
+        recorded = inherit.splits()
+        if recorded.source == src.name or recorded.items_hash == decided.items_hash:
+            return splitting.check(recorded, decided, inherit.splits_file)
+    return decided  # another dataset (transfer), or a run without a recorded split
 
 
 def _other(cfg, spec, split, train, progress, where, root=None) -> CachedData:

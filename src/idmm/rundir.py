@@ -121,7 +121,8 @@ class RunDir:
     def classifier_weights(self) -> Path | None:
         """The fine-tuned classifier (the second stage's when there is one), or None."""
         if self.kind == "run":
-            return self.stage("finetune").classifier_weights()
+            ft = self.stage("finetune")
+            return ft.classifier_weights() if ft.exists() else None
         for p in (self.stage("stage2").model, self.model):
             if p.is_file():
                 return p
@@ -166,15 +167,17 @@ class RunDir:
 
     def start(self, resume: bool, overwrite: bool, is_main: bool) -> None:
         """Check that a new run may write here: a finished or interrupted run is continued
-        (resume=true), replaced (overwrite=true), or refused."""
-        if self.checkpoint.exists() and not resume:
-            if not overwrite:
-                raise ConfigError(
-                    f"{self.path} already holds a run; pass resume=true to continue it, "
-                    "overwrite=true to start it again, or choose another out="
-                )
-            if is_main:
-                self.clear()
+        (resume=true), replaced (overwrite=true), or refused. What a run killed before its first
+        checkpoint left (its splits.json, log, metrics) is cleared, so nothing of it is reused."""
+        if self.checkpoint.exists() and not resume and not overwrite:
+            raise ConfigError(
+                f"{self.path} already holds a run; pass resume=true to continue it, "
+                "overwrite=true to start it again, or choose another out="
+            )
+        continuing = resume and self.checkpoint.exists()
+        left_by_idmm = self.checkpoint.exists() or self.splits_file.exists()
+        if is_main and not continuing and left_by_idmm:  # never a user's own files
+            self.clear()
 
     def clear(self) -> None:
         for name in OUTPUTS:

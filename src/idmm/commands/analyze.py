@@ -65,7 +65,8 @@ def analyze_run(path: str | Path, n_points: int, coverage_steps: int) -> dict:
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n_points]
     feats = extract_features(model, test.images[pick], size, mean, std, rt)
     aug = getattr(cfg, "aug", AugConfig())  # a fine-tuning run has no multi-crop of its own
-    method = cfg.method if kind == "backbone" else ("fine-tuned" if cfg.init else "scratch")
+    init = getattr(cfg, "init", None) or getattr(getattr(cfg, "finetune", None), "init", None)
+    method = cfg.method if kind == "backbone" else ("fine-tuned" if init else "scratch")
     result: dict[str, Any] = {
         "run": str(path), "kind": kind, "method": method, "model": cfg.model,
         "split": data.splits.test_from, "classes": test.classes,

@@ -70,10 +70,14 @@ def compare(config: Any = None, methods: str | list[str] = DEFAULT_METHODS,
     if draws not in ("per_seed", "fixed"):
         raise ConfigError(f"draws={draws}: per_seed (each seed its own subset and splits) or fixed")
     out, per_seed = Path(cfg.out), {}
+    # baselines without pre-training run last, on the splits the first pre-training recorded
+    order = sorted(names, key=_from_scratch)
     for k in range(n_seeds):
         base = _seeded(cfg, k, draws == "fixed")
         where = out if n_seeds == 1 else out / f"seed_{base.seed}"
-        per_seed[base.seed] = {name: _one(name, base, where) for name in names}
+        first = RunDir(where / order[0] / "pretrain")
+        rows = {name: _one(name, base, where, first) for name in order}
+        per_seed[base.seed] = {name: rows[name] for name in names}
     summary = summarise(per_seed, reference if reference in names else None)
     if is_main_process():
         write_comparison(out, summary, per_seed, cfg, reference)
@@ -88,19 +92,22 @@ def _seeded(cfg: RunConfig, k: int, fixed: bool) -> RunConfig:
     return c
 
 
-def _one(name: str, cfg: RunConfig, where: Path) -> dict:
+def _from_scratch(name: str) -> bool:
+    return name == "scratch" or (name in VARIANTS and VARIANTS[name].method == "scratch")
+
+
+def _one(name: str, cfg: RunConfig, where: Path, splits_from: RunDir) -> dict:
     c = copy.deepcopy(cfg)
     c.out, c.baseline = str(where / name), False
     reuse(c, cfg)
     variant = VARIANTS.get(name)
     for key, value in (variant.overrides(cfg) if variant else {}).items():
         set_key(c, key, value)
-    if "scratch" in (name, variant and variant.method):  # the classifier from random weights
+    if _from_scratch(name):  # the classifier from random weights
         ft = finetune_config(c)
         ft.init, ft.epochs = None, cfg.epochs + cfg.finetune.epochs  # the same total epochs
-        found = [p for p in where.glob("*/pretrain") if (p / "splits.json").is_file()]
-        r = run_finetune(ft, inherit=RunDir(found[0]) if found else None)
-        return _row(name, None, None, r, 0, ft.epochs, 0.0)
+        ft.img_size = ft.img_size or c.img_size  # as `idmm run` fine-tunes the pre-trained rows
+        return _row(name, None, None, run_finetune(ft, inherit=splits_from), 0, ft.epochs, 0.0)
     c.method = variant.method if variant else name
     r = run(c)
     pre = r.get("pretrain", {})

@@ -56,7 +56,8 @@ def frozen_features(checkpoint: Any, **overrides: Any) -> FrozenFeatures:
     log = setup_logging(run.log_file, rt.is_main)
     backbone = models.create_backbone(cfg.model, cfg.img_size).to(rt.device)
     models.load_backbone_weights(backbone, weights)
-    data = load_data(cfg, None if other_data else run)  # another dataset: its own splits
+    # other data: split by its own rules, unless it is the run's dataset split another way
+    data = load_data(cfg, None if other_data else run, inherit=run if other_data else None)
     if data.train.labels is None or data.test is None:
         raise DataError(f"{cfg.data.source} has no labels; evaluation needs a labelled set")
     args = (cfg.img_size, cfg.data.mean, cfg.data.std, rt, cfg.eval_batch_size)

@@ -31,7 +31,14 @@ from ..builders import (
     resolve,
     start_run,
 )
-from ..config import CommonConfig, ConfigError, FinetuneConfig, FinetuneSettings, finetune_config
+from ..config import (
+    CommonConfig,
+    ConfigError,
+    FinetuneConfig,
+    FinetuneSettings,
+    finetune_config,
+    set_key,
+)
 from ..data.cache import CachedData
 from ..data.sources import DataError
 from ..engine.distributed import Runtime, barrier
@@ -48,9 +55,24 @@ FINETUNE_KEYS = {f.name for f in dataclasses.fields(FinetuneSettings)} - {
 }
 
 
+COMMON_KEYS = {f.name for f in dataclasses.fields(CommonConfig)} | {"subset_per_class", "finetune"}
+
+
 def finetune(config: Any = None, **overrides: Any) -> dict:
-    """Fine-tune `init` (a run directory) on `data`, or train from scratch without it."""
+    """Fine-tune `init` (a run directory) on `data`, or train from scratch without it. `config`
+    is a recipe (its finetune.* keys apply), or a FinetuneConfig to run as it is."""
+    if isinstance(config, FinetuneConfig):
+        for k, v in overrides.items():
+            set_key(config, k, v)
+        return run_finetune(config)
     overrides = {(f"finetune.{k}" if k in FINETUNE_KEYS else k): v for k, v in overrides.items()}
+    for key in overrides:
+        if key.split(".")[0] not in COMMON_KEYS:
+            raise ConfigError(
+                f"idmm finetune: '{key}' is a pre-training key, which fine-tuning does not use; "
+                f"the fine-tuning keys are {', '.join(sorted(FINETUNE_KEYS))} (with or without "
+                "'finetune.') and the common ones (`idmm keys`)"
+            )
     return run_finetune(finetune_config(make_config(config, **overrides)))
 
 
@@ -228,7 +250,8 @@ def finish_stage(cfg, rt, monitor: Monitor, summary, data: Dataset, run: RunDir,
     if not rt.is_main:
         return {}
     if not summary:  # a finished run resumed: keep what its training measured
-        before = run.results().get("finetune", {})
+        # (a two-stage run's own "finetune" entry is the second stage's; its first is stage1)
+        before = run.results().get("finetune_stage1" if cfg.stage2_epochs else "finetune", {})
         keep = ("epochs", "final_loss", "time_s", "images_per_s", "peak_memory_mb")
         summary = {k: before[k] for k in keep if k in before}
     if data.test is None:

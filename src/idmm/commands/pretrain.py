@@ -21,7 +21,7 @@ from ..builders import (
     resolve,
     start_run,
 )
-from ..config import pretrain_config
+from ..config import PretrainConfig, RunConfig, pretrain_config, set_key
 from ..data.sources import DataError
 from ..engine.distributed import Runtime, barrier
 from ..engine.log import use_bar
@@ -33,7 +33,12 @@ from ..rundir import RunDir
 
 
 def pretrain(config: Any = None, **overrides: Any) -> dict:
-    """Pre-train with a recipe (its `finetune.*` keys are ignored) and overrides."""
+    """Pre-train with a recipe (its `finetune.*` keys are ignored) and overrides, or with a
+    PretrainConfig as it is."""
+    if isinstance(config, PretrainConfig) and not isinstance(config, RunConfig):
+        for k, v in overrides.items():
+            set_key(config, k, v)
+        return run_pretrain(config)
     return run_pretrain(pretrain_config(make_config(config, **overrides)))
 
 
@@ -51,7 +56,7 @@ def run_pretrain(cfg: Any) -> dict:
         raise DataError(f"method={cfg.method} needs labels; {cfg.data.source} has none")
     torch.manual_seed(cfg.seed)  # the initial weights; DDP then broadcasts rank 0's
     method = build_method(cfg, rt, len(train), len(train.classes))
-    backbone = method.representation()  # DINO: the teacher; supervised: the pre-logits
+    backbone = method.representation()  # supervised: the pre-logits
     hooks = []
     if cfg.knn_every and data.val is not None:
         hooks.append(KnnMonitor(cfg, backbone, train, data.val, rt))

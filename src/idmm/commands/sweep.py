@@ -81,6 +81,7 @@ def sweep(config: RunConfig | str | Path | None = None, models: str | list[str] 
             "model": name,
             "knn_top1": r["knn"]["top1"],
             "linear_top1": r["linear"]["top1"],
+            "finetune_val_top1": ft.get("val_top1"),  # what to choose a model by
             "finetune_top1": ft.get("top1"),
             "train_minutes": ((pre.get("time_s") or 0) + (ft.get("time_s") or 0)) / 60,
             "img_size": size,
@@ -95,15 +96,17 @@ def sweep(config: RunConfig | str | Path | None = None, models: str | list[str] 
 def sweep_table(rows: dict) -> str:
     lines = [
         "| model | params (M) | GFLOPs / image | latency bs1 (ms) | latency bs64 (ms) | "
-        "kNN (%) | linear (%) | fine-tune top-1 (%) | train minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "kNN (%) | linear (%) | fine-tune val top-1 (%) | fine-tune test top-1 (%) | "
+        "train minutes |",
+        "|---" * 10 + "|",
     ]
     for r in rows.values():
+        val = r["finetune_val_top1"]
         lines.append(
             f"| {r['model']} | {r['params_m']:.2f} | {r['gflops']:.3f} | "
             f"{r['latency_bs1_ms']:.2f} | {r['latency_bs64_ms']:.1f} | {100 * r['knn_top1']:.2f} | "
-            f"{100 * r['linear_top1']:.2f} | {100 * r['finetune_top1']:.2f} | "
-            f"{r['train_minutes']:.1f} |"
+            f"{100 * r['linear_top1']:.2f} | {'' if val is None else f'{100 * val:.2f}'} | "
+            f"{100 * r['finetune_top1']:.2f} | {r['train_minutes']:.1f} |"
         )
     return "\n".join(lines)
 

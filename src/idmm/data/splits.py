@@ -40,6 +40,7 @@ class Splits:
     train: list[int] = field(default_factory=list)
     val: list[int] = field(default_factory=list)  # held out (val_from == "holdout")
     test: list[int] = field(default_factory=list)  # held out (test_from == "holdout")
+    source: str = ""  # the training source's name (folder:/abs/path, fashion-mnist, ...)
 
     def counts(self) -> str:
         return f"{len(self.train)} train, {len(self.val)} val, {len(self.test)} test held out"
@@ -84,7 +85,8 @@ def decide(
     """
     hold_val = val_from is None and val_fraction > 0
     hold_test = test_from is None
-    s = Splits(seed, val_fraction, test_fraction, "none", test_from or "none", items_hash(src))
+    s = Splits(seed, val_fraction, test_fraction, "none", test_from or "none", items_hash(src),
+               source=src.name)  # fmt: skip
     if src.labels is None:  # unlabelled: nothing to evaluate, everything trains
         s.train = list(range(len(src)))
         s.val_from = val_from or "none"
@@ -113,11 +115,24 @@ def _share(n: int, fraction: float) -> int:
     return min(max(int(fraction * n + 0.5), 1), n - 1)
 
 
-def check(s: Splits, src: Source, path: Path) -> Splits:
-    """The recorded split, if it still describes `src`; else an error saying what to do."""
-    if s.items_hash != items_hash(src):
+SETTINGS = ("seed", "val_fraction", "test_fraction", "val_from", "test_from")
+KEYS = "data.split_seed, data.val_fraction, data.test_fraction, data.val, data.test"
+
+
+def check(recorded: Splits, decided: Splits, path: Path) -> Splits:
+    """The recorded split, if the data and the split settings still give it (`decided` is what
+    they give now); else an error that says what differs and what to do."""
+    if recorded.items_hash != decided.items_hash:
         raise DataError(
-            f"{path} was decided on other data than {src.name} now holds (its images or labels "
-            "changed); start a new run directory (another out= or overwrite=true)"
+            f"{path} was decided on other images than {decided.source} now holds (another "
+            "subset, or files or labels changed): its held-out images may have been trained on. "
+            "Use the same data settings, or start a new run (another out= or overwrite=true)"
         )
-    return s
+    was = {k: getattr(recorded, k) for k in SETTINGS}
+    now = {k: getattr(decided, k) for k in SETTINGS}
+    if was != now:
+        raise DataError(
+            f"{path} splits the data with {was}, this command asks for {now} ({KEYS}). Use "
+            "the recorded settings, or start a new run (another out= or overwrite=true)"
+        )
+    return recorded

@@ -115,7 +115,7 @@ class DINO(Method):
         self.epoch = epoch
 
     def param_groups(self, lr, weight_decay):
-        # DINO regularises weights only: no decay on biases, norms, and the class/pos tokens
+        # DINO regularises weights only: no decay on biases and norms (1-D parameters)
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         rest = [p for p in params if p.ndim <= 1]
