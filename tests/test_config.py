@@ -75,3 +75,22 @@ def test_cli_lists_every_key_with_its_default(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "epochs=100" in lines and "idmm.head_init=random" in lines
     assert "aug.global_scale=[0.14, 1.0]" in lines
+
+
+def test_recipes_are_addressable_by_name(capsys):
+    """The recipes ship inside the package: `--config cpu/fmnist2040` works after pip install;
+    a path still works (configs/ in a checkout links to them)."""
+    from pathlib import Path
+
+    from idmm import cli
+    from idmm.config import recipes
+
+    by_name = build_config("cpu/fmnist2040")
+    by_path = build_config(Path(__file__).parents[1] / "configs" / "cpu" / "fmnist2040.yaml")
+    assert by_name == by_path and by_name.model == "vit_cpu_small_conv"
+    assert {"cpu/fmnist2040", "paper/flowers102_deit_tiny"} <= set(recipes())
+    with pytest.raises(ConfigError, match="recipe name: cpu/fmnist2040"):
+        build_config("cpu/fmnist2404")
+    assert cli.main(["recipes"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(recipes()) and out[0].startswith("cpu/fmnist2040 ")

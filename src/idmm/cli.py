@@ -31,7 +31,7 @@ from .commands.report import report
 from .commands.run import run, summary_table
 from .commands.sweep import DEFAULT_MODELS, sweep, sweep_table
 from .commands.transfer import transfer, transfer_table
-from .config import ConfigError, RunConfig, all_keys, parse_overrides, to_dict
+from .config import ConfigError, RunConfig, all_keys, parse_overrides, recipes, to_dict
 from .data.sources import DataError
 from .engine.checkpoint import CheckpointError
 from .engine.distributed import teardown
@@ -52,7 +52,8 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   data.val=DIR data.test=DIR  validation / test sets; else held out of the training images
                        (data.val_fraction=0.1, data.test_fraction=0.2, data.split_seed=0)
   baseline=true        idmm run: also train from scratch for the same total epochs
-recipes: --config configs/cpu/fmnist2040.yaml (CPU, ~6 min), configs/paper/*.yaml (the paper's)
+recipes: --config cpu/fmnist2040 (CPU, ~7 min), paper/flowers102_deit_tiny ... (`idmm recipes`);
+  a path to a YAML file works too
 run `idmm keys` for every key and its default.
 """
 
@@ -80,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(
             name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
         )
-        cmd.add_argument("--config", help="a YAML recipe (e.g. configs/cpu/fmnist2040.yaml)")
+        cmd.add_argument("--config", help="a YAML recipe: a file, or a recipe name such as "
+                         "cpu/fmnist2040 (`idmm recipes` lists them)")
         cmd.add_argument("settings", nargs="*", metavar="key=value")
     ev = sub.add_parser("eval", help="evaluate a pre-trained backbone on frozen features")
     ev.add_argument(
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="one self-contained HTML page comparing runs")
     rp.add_argument("settings", nargs="+", metavar="RUN_DIR ... [out=report.html]")
     sub.add_parser("keys", help="list every config key")
+    sub.add_parser("recipes", help="list the recipes inside the package (--config NAME)")
     return p
 
 
@@ -117,6 +120,15 @@ def _defaults() -> list[str]:
         for part in key.split("."):
             value = value[part]
         lines.append(f"{key}={value}")
+    return lines
+
+
+def _recipes() -> list[str]:
+    """Each packaged recipe by name, with the first line of its header comment."""
+    lines = []
+    for name, path in recipes().items():
+        first = next((x for x in path.read_text().splitlines() if x.startswith("#")), "#")
+        lines.append(f"{name:<34} {first.lstrip('# ').strip()}")
     return lines
 
 
@@ -245,6 +257,7 @@ VERBS = {
     "analyze": _analyze,
     "report": _report,
     "keys": lambda args: print("\n".join(_defaults())),
+    "recipes": lambda args: print("\n".join(_recipes())),
 }
 
 

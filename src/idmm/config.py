@@ -289,6 +289,29 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
+RECIPES = Path(__file__).parent / "recipes"  # configs/ in a checkout is a link to it
+
+
+def recipes() -> dict[str, Path]:
+    """The recipes shipped inside the package, by name (`cpu/fmnist2040`)."""
+    return {p.relative_to(RECIPES).with_suffix("").as_posix(): p
+            for p in sorted(RECIPES.glob("*/*.yaml"))}  # fmt: skip
+
+
+def recipe_path(spec: str | Path) -> Path:
+    """A YAML file, or a recipe of the package by name (`cpu/fmnist2040`, `paper/...`)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    name = p.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    if name in recipes():
+        return recipes()[name]
+    raise ConfigError(
+        f"config file not found: {p}; give a YAML file or a recipe name: "
+        f"{', '.join(recipes())} (`idmm recipes` lists them)"
+    )
+
+
 def load_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -306,7 +329,7 @@ def build_config(recipe: str | Path | None = None, overrides: dict[str, Any] | N
                  schema: type = RunConfig) -> Any:  # fmt: skip
     cfg = schema()
     if recipe is not None:
-        for k, v in load_yaml(recipe).items():
+        for k, v in load_yaml(recipe_path(recipe)).items():
             set_key(cfg, k, v)
     for k, v in (overrides or {}).items():
         set_key(cfg, k, v)
