@@ -2,40 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import shlex
-import sys
 
-import torch
-
-from idmm.engine.distributed import cpu_has_bf16
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def describe() -> dict:
-    cuda = torch.cuda.is_available()
-    return {
-        "command": "python " + shlex.join(sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "bf16_cpu": cpu_has_bf16(),
-    }
+from idmm.engine.provenance import cpu_model, describe  # noqa: F401  (bench scripts import them)
 
 
 def _children(pid: int) -> list[int]:

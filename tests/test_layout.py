@@ -118,3 +118,25 @@ def test_help_prints(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 0 and "usage: idmm" in capsys.readouterr().out
+
+
+def test_run_directory_logs_csv_tensorboard_and_provenance(tmp_path):
+    import csv
+    import json
+
+    run = tmp_path / "pre"
+    idmm.pretrain(out=str(run), epochs=2, knn_every=1, **TINY)
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[1]["knn_top1_val"]) >= 0
+    record = json.loads((run / "provenance.json").read_text())["invocations"]
+    assert len(record) == 1 and record[0]["versions"]["torch"] and record[0]["cpu"]
+    assert "command" in record[0] and "bf16_cpu" in record[0]
+    pytest.importorskip("tensorboard")  # the dev extra installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+    idmm.pretrain(out=str(run), epochs=3, resume=True, **TINY)  # a second invocation
+    assert len(json.loads((run / "provenance.json").read_text())["invocations"]) == 2
+    assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2", "3"]

@@ -55,6 +55,8 @@ def start_run(cfg: Any) -> tuple[Runtime, RunDir, logging.Logger]:
     run.start(cfg.resume, cfg.overwrite, rt.is_main)
     barrier(rt)  # no process reads the directory before rank 0 has cleared it
     log = setup_logging(run.log_file, rt.is_main)
+    if rt.is_main:
+        run.record_invocation()
     cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
     return rt, run, log
 

@@ -3,7 +3,9 @@
     RUN/                    one command's output (`idmm pretrain`, `idmm finetune`)
       config.yaml           exactly the settings that ran (auto values resolved)
       splits.json           which images are train / val / test (idmm.data.splits)
-      metrics.jsonl         one JSON object per epoch or evaluation
+      metrics.jsonl         one JSON object per epoch or evaluation; metrics.csv: the epochs
+      provenance.json       each command that wrote here: command line, versions, machine
+      tensorboard/          event files when tensorboard is installed (idmm[tensorboard])
       train.log             what the console showed
       checkpoints/last.ckpt full training state (resume=true)
       backbone.safetensors  pre-training: the representation, timm names
@@ -23,12 +25,13 @@ from typing import Any
 
 from .config import ConfigError, from_dict, load_yaml, save_yaml, schema_of
 from .data.splits import Splits
-from .engine import checkpoint, log
+from .engine import checkpoint, log, provenance
 
 # What a run writes besides config.yaml; `overwrite=true` removes it first.
 OUTPUTS = (
     "checkpoints", "metrics.jsonl", "results.json", "backbone.safetensors", "train.log",
-    "model.safetensors", "plots", "stage2", "export", "snapshots", "splits.json",
+    "model.safetensors", "plots", "stage2", "export", "snapshots", "splits.json", "metrics.csv",
+    "provenance.json", "tensorboard",
 )  # fmt: skip
 
 
@@ -57,6 +60,9 @@ class RunDir:
     config_file = property(lambda self: self.path / "config.yaml")
     splits_file = property(lambda self: self.path / "splits.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    metrics_csv = property(lambda self: self.path / "metrics.csv")
+    provenance_file = property(lambda self: self.path / "provenance.json")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
     log_file = property(lambda self: self.path / "train.log")
     checkpoint = property(lambda self: self.path / "checkpoints" / "last.ckpt")
     backbone = property(lambda self: self.path / "backbone.safetensors")
@@ -161,6 +167,30 @@ class RunDir:
 
     def append_metrics(self, record: dict) -> None:
         log.append_metrics(self.metrics_file, record)
+        if "epoch" in record:
+            self._write_csv()
+
+    def drop_metrics_after(self, epoch: int) -> None:
+        """On resume: forget epoch records newer than the checkpoint (they will be recomputed)."""
+        log.drop_metrics_after(self.metrics_file, epoch)
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        """metrics.csv: the per-epoch records as a table (timm's summary.csv convention)."""
+        rows = [r for r in self.metrics() if "epoch" in r]
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        lines = [",".join(columns)]
+        for r in rows:
+            lines.append(",".join("" if r.get(c) is None else str(r.get(c)) for c in columns))
+        tmp = self.metrics_csv.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.metrics_csv)
+
+    def record_invocation(self) -> None:
+        """Append what runs now (command, versions, machine) to provenance.json."""
+        record = checkpoint.read_json(self.provenance_file)
+        record.setdefault("invocations", []).append(provenance.describe())
+        checkpoint.write_json(self.provenance_file, record)
 
     def splits(self) -> Splits | None:
         return Splits.load(self.splits_file) if self.splits_file.is_file() else None

@@ -53,3 +53,13 @@ def drop_metrics_after(path: Path, epoch: int) -> None:
     if path.is_file():
         keep = [r for r in read_metrics(path) if r.get("epoch", 0) <= epoch]
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+
+def tensorboard(directory: Path):
+    """A TensorBoard SummaryWriter for the per-epoch numbers, or None when tensorboard is not
+    installed (it is optional: pip install idmm[tensorboard])."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory))

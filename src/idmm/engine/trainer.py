@@ -28,7 +28,7 @@ from ..methods.sharded_head import gather_rows, local_rows
 from ..rundir import RunDir
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Runtime, all_reduce_mean, all_reduce_sum
-from .log import drop_metrics_after, use_bar
+from .log import tensorboard, use_bar
 
 Hook = Callable[[int], dict]  # epoch (1-based, completed) -> metrics to add to that epoch's record
 
@@ -79,6 +79,7 @@ class Trainer:
     ):
         self.cfg, self.method, self.data, self.rt = cfg, method, data, rt
         self.run, self.log, self.hooks = run, log, list(hooks)
+        self.tb = None  # a TensorBoard writer, opened by fit() (rank 0, when installed)
         self.ckpt_path = run.checkpoint
         method.to(rt.device)
         if rt.distributed and method.sharded_rows():
@@ -188,7 +189,7 @@ class Trainer:
         self.train_time_s = ckpt.get("train_time_s", 0.0)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.rt.is_main:
-            drop_metrics_after(self.run.metrics_file, self.epoch)
+            self.run.drop_metrics_after(self.epoch)
         self.log.info(f"resumed {self.ckpt_path} at epoch {self.epoch} (step {self.step})")
 
     # -- the loop ----------------------------------------------------------------------------
@@ -204,6 +205,8 @@ class Trainer:
         start = time.perf_counter()
         seen = 0
         last = {}
+        if self.rt.is_main and self.epoch < cfg.epochs:
+            self.tb = tensorboard(self.run.tensorboard_dir)
         while self.epoch < cfg.epochs:
             t0 = time.perf_counter()
             loss = self.train_epoch()
@@ -226,6 +229,9 @@ class Trainer:
             self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
                 self.run.append_metrics(last)
+                if self.tb is not None:
+                    for key, value in last.items():
+                        self.tb.add_scalar(key, value, self.epoch)
             # Only after a finite epoch: a NaN never overwrites the last good state. A kill
             # between the two lines leaves a metrics line that `resume` drops and recomputes.
             self.save()
@@ -235,6 +241,8 @@ class Trainer:
                     f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} lr {last['lr']:.2e} "
                     f"{last['images_per_s']:.0f} img/s{extra}"
                 )
+        if self.tb is not None:
+            self.tb.close()
         total = time.perf_counter() - start
         if not seen:
             return {}  # resumed a finished run: nothing new to report
