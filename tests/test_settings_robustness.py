@@ -99,3 +99,21 @@ def test_a_yaml_recipe_cannot_run_code(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="not valid YAML"):
         build_config(recipe)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_unwritable_outputs_and_bad_command_values_are_one_line_errors(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    run = tmp_path / "run"  # a run directory as far as `report` reads one
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n")
+    cases = [
+        (["pretrain", f"out={a_file / 'run'}"], "is a file, not a directory"),
+        (["report", str(run), f"out={tmp_path}"], "is a directory; give a file name"),
+        (["predict", f"checkpoint={run}", str(a_file), "--top-k", "0"], "--top-k 0"),
+        (["analyze", str(run), "points=abc"], "points=abc: give a whole number"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("idmm: error: ") and message in err and "Traceback" not in err

@@ -132,6 +132,14 @@ def _recipes() -> list[str]:
     return lines
 
 
+def _count(kv: dict, key: str, default: int, least: int) -> int:
+    """An integer setting of a command that is not a config key, checked like one."""
+    value = kv.get(key, str(default))
+    if not value.strip().isdigit() or int(value) < least:
+        raise ConfigError(f"{key}={value}: give a whole number of at least {least}")
+    return int(value)
+
+
 def _split(settings: list[str], required: str, usage: str) -> tuple[str, dict]:
     kv = parse_overrides(settings)
     if required not in kv:
@@ -145,6 +153,8 @@ def _predict(args) -> None:
     checkpoint, rest = _split(pairs, "checkpoint", "idmm predict checkpoint=RUN IMAGES...")
     if rest:
         raise ConfigError(f"idmm predict takes only checkpoint=...; got {', '.join(rest)}")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: give how many classes to show, at least 1")
     rows = predict(checkpoint, images, top_k=args.top_k)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -163,8 +173,8 @@ def _analyze(args) -> None:
     if unknown:
         raise ConfigError(f"idmm analyze: unknown {', '.join(sorted(unknown))}; "
                           "it takes out=, points=, coverage_steps=")  # fmt: skip
-    results = analyze(runs, kv.get("out"), int(kv.get("points", 2000)),
-                      int(kv.get("coverage_steps", 30)))  # fmt: skip
+    results = analyze(runs, kv.get("out"), _count(kv, "points", 2000, 1),
+                      _count(kv, "coverage_steps", 30, 0))  # fmt: skip
     for name, r in results.items():
         f = r["final"]
         line = f"{name}: alignment {f['alignment']:.3f} uniformity {f['uniformity']:.3f}"
@@ -193,8 +203,8 @@ def _finetune(args) -> None:
     r = finetune(args.config, **parse_overrides(args.settings))
     if r:
         val = f", val {r['val_top1'] * 100:.2f}%" if "val_top1" in r else ""
-        print(f"fine-tuned: test top-1 {r['top1'] * 100:.2f}% (last epoch), top-5 "
-              f"{r['top5'] * 100:.2f}%{val}")  # fmt: skip
+        top5 = f", top-5 {r['top5'] * 100:.2f}%" if r.get("top5") is not None else ""
+        print(f"fine-tuned: test top-1 {r['top1'] * 100:.2f}% (last epoch){top5}{val}")
 
 
 def _run(args) -> None:

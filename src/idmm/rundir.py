@@ -35,6 +35,22 @@ OUTPUTS = (
 )  # fmt: skip
 
 
+def check_out(path: Path, key: str = "out", file: bool = False) -> Path:
+    """Refuse, with what to do, an output path that cannot be written: one under a file, a
+    directory where a file is meant, or a file where a directory is."""
+    path = Path(path)
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{key}={path}: {parent} is a file, not a directory; "
+                              f"choose another {key}=")  # fmt: skip
+    if file and path.is_dir():
+        raise ConfigError(f"{key}={path} is a directory; give a file name, e.g. "
+                          f"{key}={path / 'report.html'}")  # fmt: skip
+    if not file and path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file; give a directory for {key}=")
+    return path
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -199,6 +215,7 @@ class RunDir:
         """Check that a new run may write here: a finished or interrupted run is continued
         (resume=true), replaced (overwrite=true), or refused. What a run killed before its first
         checkpoint left (its splits.json, log, metrics) is cleared, so nothing of it is reused."""
+        check_out(self.path)
         if self.checkpoint.exists() and not resume and not overwrite:
             raise ConfigError(
                 f"{self.path} already holds a run; pass resume=true to continue it, "

@@ -22,7 +22,7 @@ from ..builders import load_data, resolve, runtime
 from ..config import AugConfig, ConfigError
 from ..engine.checkpoint import load_checkpoint, write_json
 from ..eval.features import extract_features
-from ..rundir import RunDir
+from ..rundir import RunDir, check_out
 from .export import load_model
 
 LOG = logging.getLogger("idmm")
@@ -113,7 +113,7 @@ def analyze(runs: list[str | Path], out: str | Path | None = None, points: int =
     paths = [Path(r) for r in runs]
     if out is None:
         out = paths[0] / "analysis" if len(paths) == 1 else _common_parent(paths) / "analysis"
-    out = Path(out)
+    out = check_out(Path(out))
     results = {}
     for p in paths:
         LOG.info(f"analysing {p}")

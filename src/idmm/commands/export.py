@@ -33,7 +33,7 @@ from ..data.base import Source
 from ..data.cache import build_cache
 from ..data.sources import DataError, _images_under, _is_image_name
 from ..engine.checkpoint import write_json
-from ..rundir import RunDir
+from ..rundir import RunDir, check_out
 
 
 def find_model(path: str | Path) -> Path:
@@ -95,7 +95,7 @@ def export(run: str | Path, out: str | Path | None = None) -> Path:
     weights = find_model(run)
     meta = read_meta(weights)
     info = describe(meta, build(meta))
-    out_dir = Path(out) if out else RunDir.find(run).export_dir
+    out_dir = check_out(Path(out) if out else RunDir.find(run).export_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.safetensors"
     if weights.resolve() != target.resolve():

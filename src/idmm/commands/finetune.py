@@ -204,6 +204,8 @@ class Monitor:
         if self.val is None or (epoch % self.cfg.eval_every and epoch != self.cfg.epochs):
             return {}
         top1, top5 = topk_accuracy(self.logits(self.val), self.val.labels, (1, 5))
+        if len(self.val.classes) <= 5:  # top-5 of 5 classes or fewer is 100%: says nothing
+            return {"val_top1": top1}
         return {"val_top1": top1, "val_top5": top5}
 
 
@@ -267,9 +269,10 @@ def finish_stage(cfg, rt, monitor: Monitor, summary, data: Dataset, run: RunDir,
     run.update_results("finetune", result)
     run.append_metrics({"eval": "finetune", **{k: result[k] for k in ("top1", "top5")}})
     val = f", val {result['val_top1'] * 100:.2f}%" if seen else ""
+    top5 = "" if result["top5"] is None else f", top-5 {result['top5'] * 100:.2f}%"
     log.info(
-        f"fine-tuned: test top-1 {result['top1'] * 100:.2f}% (last epoch), top-5 "
-        f"{result['top5'] * 100:.2f}% ({result['test_images']} images){val}; model at {run.model}"
+        f"fine-tuned: test top-1 {result['top1'] * 100:.2f}% (last epoch){top5} "
+        f"({result['test_images']} images){val}; model at {run.model}"
     )
     return result
 
@@ -282,7 +285,7 @@ def classification_report(logits, test: CachedData, run: RunDir) -> dict:
     plots.plot_confusion(matrix, test.classes, run.plots / "confusion.png")
     return {
         "top1": top1,
-        "top5": top5,
+        "top5": top5 if len(test.classes) > 5 else None,  # shown only where it can miss
         "per_class": {c: float(a) for c, a in zip(test.classes, per_class) if a == a},
         "test_images": len(test),
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import plots
 from ..config import ConfigError, load_yaml
-from ..rundir import RunDir
+from ..rundir import RunDir, check_out
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -132,7 +132,7 @@ def report(paths: list[str | Path], out: str | Path = "report.html") -> Path:
     if not runs:
         raise ConfigError("idmm report needs at least one run directory (with config.yaml)")
     loaded = [load_run(r) for r in runs]
-    out = Path(out)
+    out = check_out(Path(out), file=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>idmm report: {len(loaded)} run(s)</h1>"]
     diff = differing_settings(loaded)

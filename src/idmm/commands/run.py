@@ -75,7 +75,7 @@ def _stage(cfg, pre, run: RunDir) -> FinetuneConfig:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.2f}%"
+    return "-" if x is None else f"{x * 100:.2f}%"
 
 
 def summary_table(results: dict) -> str:
