@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,16 +326,42 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+# Keys that describe a recipe's own dataset, not how to train: they do not follow the recipe
+# onto another dataset (`--config cpu/fmnist2040 data=my/photos` must not keep FMNIST's subset).
+DATASET_KEYS = ("root", "subset_per_class", "subset_seed", "mean", "std")
+
+
 def build_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None,
                  schema: type = RunConfig) -> Any:  # fmt: skip
     cfg = schema()
     if recipe is not None:
         for k, v in load_yaml(recipe_path(recipe)).items():
             set_key(cfg, k, v)
+    written_for = copy.deepcopy(cfg.data)
     for k, v in (overrides or {}).items():
         set_key(cfg, k, v)
+    if recipe is not None and cfg.data.source != written_for.source:
+        _leave_recipe_data(cfg, written_for, recipe, overrides or {})
     validate(cfg)
     return cfg
+
+
+def _leave_recipe_data(cfg: Any, written_for: Any, recipe: Any, overrides: dict) -> None:
+    """The recipe's dataset keys back to their defaults on another dataset, unless given again;
+    says which were left and that the training settings are kept."""
+    given = {_aliases(cfg).get(k, k) for k in overrides}
+    default, left = DataConfig(), []
+    for key in DATASET_KEYS:
+        value = getattr(written_for, key)
+        if value != getattr(default, key) and f"data.{key}" not in given:
+            setattr(cfg.data, key, getattr(default, key))
+            left.append(f"data.{key}={value}")
+    if left:
+        logging.getLogger("idmm").warning(
+            f"--config {recipe} is written for data={written_for.source}; on data="
+            f"{cfg.data.source} its dataset keys {', '.join(left)} are not applied (give them to "
+            "keep them); its training settings (model, sizes, epochs, augmentation) are kept"
+        )
 
 
 def _problems(obj: Any) -> list[tuple[str, bool, str]]:
