@@ -140,3 +140,13 @@ def test_run_directory_logs_csv_tensorboard_and_provenance(tmp_path):
     idmm.pretrain(out=str(run), epochs=3, resume=True, **TINY)  # a second invocation
     assert len(json.loads((run / "provenance.json").read_text())["invocations"]) == 2
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2", "3"]
+
+
+def test_the_cli_starts_without_importing_torch():
+    """`idmm --help` and a typo answer at once: torch and timm load only when a verb runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, idmm, idmm.cli; print(sorted({'torch', 'timm'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -20,22 +20,10 @@ import json
 import sys
 
 from . import __version__
-from .commands.ablate import ablate, ablation_table
-from .commands.analyze import analyze
-from .commands.compare import DEFAULT_METHODS, compare, comparison_table
-from .commands.evaluate import evaluate_knn, evaluate_linear
-from .commands.export import export, predict
-from .commands.finetune import finetune
-from .commands.pretrain import pretrain
-from .commands.report import report
-from .commands.run import run, summary_table
-from .commands.sweep import DEFAULT_MODELS, sweep, sweep_table
-from .commands.transfer import transfer, transfer_table
-from .config import ConfigError, RunConfig, all_keys, parse_overrides, recipes, to_dict
-from .data.sources import DataError
-from .engine.checkpoint import CheckpointError
-from .engine.distributed import teardown
-from .engine.trainer import TrainingError
+from .config_types import ConfigError
+
+# Each verb imports what it runs when it runs (torch and timm take seconds to import): `idmm
+# --help` and a mistyped verb answer at once.
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
@@ -58,6 +46,33 @@ run `idmm keys` for every key and its default.
 """
 
 
+# The settings a verb takes besides the config keys (the first lines of its --help epilog).
+VERB_KEYS = {
+    "compare": """\
+idmm compare takes, besides the config keys:
+  methods=idmm,idmm-paper,simclr,supcon,dino,scratch   entries: methods, scratch, and the named
+                       variants idmm-paper (the paper's IDMM at this recipe's size), cnn,
+                       ablate-plain, ablate+ls, ablate+smallres, ablate+multicrop, ablate+cutmix
+  seeds=3              repeats: seed, subset draw and splits change per seed
+  draws=per_seed|fixed fixed: every seed on the same subset and splits
+  reference=idmm       the entry every other's difference is paired against
+""",
+    "ablate": """\
+idmm ablate takes, besides the config keys:
+  seeds=3              repeats (as idmm compare); out/ablation.md has the paper's numbers beside
+""",
+    "transfer": """\
+idmm transfer takes, besides the config keys:
+  sources=A,B          datasets to pre-train on (names, folders or CSVs)
+  targets=C,D          datasets to fine-tune each pre-training on
+""",
+    "sweep": """\
+idmm sweep takes, besides the config keys:
+  models=vit_cpu_small,vit_cpu_small_conv,resnet_cpu_small   backbones; MODEL@PIXELS for a size
+""",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="idmm",
@@ -78,9 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         ("transfer", "sources=A,B targets=C,D: pre-train on each source, fine-tune on each target"),
         ("sweep", "models=a,b,c: the same recipe per model; accuracy vs params, FLOPs, latency"),
     ):
-        cmd = sub.add_parser(
-            name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
-        )
+        cmd = sub.add_parser(name, help=text, description=text.replace("%%", "%") + ".",
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=VERB_KEYS.get(name, "") + EPILOG)  # fmt: skip
         cmd.add_argument("--config", help="a YAML recipe: a file, or a recipe name such as "
                          "cpu/fmnist2040 (`idmm recipes` lists them)")
         cmd.add_argument("settings", nargs="*", metavar="key=value")
@@ -114,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _defaults() -> list[str]:
     """`key=default` for every config key."""
+    from .config import RunConfig, all_keys, to_dict
+
     defaults, lines = to_dict(RunConfig()), []
     for key in all_keys():
         value = defaults
@@ -125,6 +142,8 @@ def _defaults() -> list[str]:
 
 def _recipes() -> list[str]:
     """Each packaged recipe by name, with the first line of its header comment."""
+    from .config import recipes
+
     lines = []
     for name, path in recipes().items():
         first = next((x for x in path.read_text().splitlines() if x.startswith("#")), "#")
@@ -141,6 +160,8 @@ def _count(kv: dict, key: str, default: int, least: int) -> int:
 
 
 def _split(settings: list[str], required: str, usage: str) -> tuple[str, dict]:
+    from .config import parse_overrides
+
     kv = parse_overrides(settings)
     if required not in kv:
         raise ConfigError(f"missing {required}=...; usage: {usage}")
@@ -148,6 +169,8 @@ def _split(settings: list[str], required: str, usage: str) -> tuple[str, dict]:
 
 
 def _predict(args) -> None:
+    from .commands.export import predict
+
     pairs = [s for s in args.settings if "=" in s]
     images = [s for s in args.settings if "=" not in s]
     checkpoint, rest = _split(pairs, "checkpoint", "idmm predict checkpoint=RUN IMAGES...")
@@ -167,6 +190,9 @@ def _predict(args) -> None:
 
 
 def _analyze(args) -> None:
+    from .commands.analyze import analyze
+    from .config import parse_overrides
+
     runs = [s for s in args.settings if "=" not in s]
     kv = parse_overrides([s for s in args.settings if "=" in s])
     unknown = set(kv) - {"out", "points", "coverage_steps"}
@@ -186,6 +212,9 @@ def _analyze(args) -> None:
 
 
 def _report(args) -> None:
+    from .commands.report import report
+    from .config import parse_overrides
+
     kv = parse_overrides([s for s in args.settings if "=" in s])
     if set(kv) - {"out"}:
         raise ConfigError(f"idmm report takes only out=...; got {', '.join(sorted(kv))}")
@@ -194,12 +223,18 @@ def _report(args) -> None:
 
 
 def _pretrain(args) -> None:
+    from .commands.pretrain import pretrain
+    from .config import parse_overrides
+
     settings = parse_overrides(args.settings)
     if pretrain(args.config, **settings):
         print(f"pre-training finished: {settings.get('out', 'runs/idmm')}")
 
 
 def _finetune(args) -> None:
+    from .commands.finetune import finetune
+    from .config import parse_overrides
+
     r = finetune(args.config, **parse_overrides(args.settings))
     if r:
         val = f", val {r['val_top1'] * 100:.2f}%" if "val_top1" in r else ""
@@ -208,6 +243,9 @@ def _finetune(args) -> None:
 
 
 def _run(args) -> None:
+    from .commands.run import run, summary_table
+    from .config import parse_overrides
+
     results = run(args.config, **parse_overrides(args.settings))
     print(summary_table(results))
     print(f"kNN top-1 {results['knn']['top1'] * 100:.2f}%, linear probe top-1 "
@@ -215,6 +253,9 @@ def _run(args) -> None:
 
 
 def _compare(args) -> None:
+    from .commands.compare import DEFAULT_METHODS, compare, comparison_table
+    from .config import parse_overrides
+
     kv = parse_overrides(args.settings)
     methods, reference = kv.pop("methods", DEFAULT_METHODS), kv.pop("reference", "idmm")
     rows = compare(args.config, methods, kv.pop("seeds", 1), reference,
@@ -223,16 +264,25 @@ def _compare(args) -> None:
 
 
 def _ablate(args) -> None:
+    from .commands.ablate import ablate, ablation_table
+    from .config import parse_overrides
+
     kv = parse_overrides(args.settings)
     print(ablation_table(ablate(args.config, kv.pop("seeds", 1), **kv)))
 
 
 def _sweep(args) -> None:
+    from .commands.sweep import DEFAULT_MODELS, sweep, sweep_table
+    from .config import parse_overrides
+
     kv = parse_overrides(args.settings)
     print(sweep_table(sweep(args.config, kv.pop("models", DEFAULT_MODELS), **kv)))
 
 
 def _transfer(args) -> None:
+    from .commands.transfer import transfer, transfer_table
+    from .config import parse_overrides
+
     kv = parse_overrides(args.settings)
     usage = "idmm transfer sources=A,B targets=C,D [key=value ...]"
     sources, kv = _split([f"{k}={v}" for k, v in kv.items()], "sources", usage)
@@ -241,6 +291,8 @@ def _transfer(args) -> None:
 
 
 def _eval(args) -> None:
+    from .commands.evaluate import evaluate_knn, evaluate_linear
+
     checkpoint, kv = _split(args.settings, "checkpoint", "idmm eval knn checkpoint=RUN_DIR")
     evaluate = evaluate_knn if args.protocol == "knn" else evaluate_linear
     r = evaluate(checkpoint, **kv)
@@ -248,6 +300,8 @@ def _eval(args) -> None:
 
 
 def _export(args) -> None:
+    from .commands.export import export
+
     run_dir, kv = _split(args.settings, "run", "idmm export run=RUN_DIR [out=DIR]")
     print(f"exported to {export(run_dir, kv.pop('out', None))}")
 
@@ -273,6 +327,11 @@ VERBS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .data.sources import DataError
+    from .engine.checkpoint import CheckpointError
+    from .engine.distributed import teardown
+    from .engine.trainer import TrainingError
+
     try:
         VERBS[args.command](args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
