@@ -117,3 +117,17 @@ def test_unwritable_outputs_and_bad_command_values_are_one_line_errors(tmp_path,
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("idmm: error: ") and message in err and "Traceback" not in err
+
+
+def test_a_failed_command_leaves_no_empty_run_directory(tmp_path, capsys):
+    """It fails before its first checkpoint: the directory it created goes; in a directory that
+    already held something, the error reaches train.log."""
+    out = tmp_path / "new"
+    args = ["pretrain", "data=fashion-mnist", "subset_per_class=10", "model=vit_test",
+            "batch_size=5000", "threads=1", "progress=log"]  # fmt: skip
+    assert cli.main([*args, f"out={out}"]) == 2
+    assert "batch_size=5000" in capsys.readouterr().err and not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main([*args, f"out={kept}"]) == 2
+    assert "error: batch_size=5000" in (kept / "train.log").read_text()

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import sys
+from pathlib import Path
 
 from . import __version__
 from .config_types import ConfigError
@@ -325,20 +328,58 @@ VERBS = {
 }
 
 
+TRAINING = ("pretrain", "finetune", "run", "compare", "ablate", "transfer", "sweep")
+
+
+def _out_dir(args) -> Path | None:
+    """Where a training verb writes (its out=), to clean up or point at after a failure."""
+    if args.command not in TRAINING:
+        return None
+    given = [s.split("=", 1)[1] for s in args.settings if s.startswith("out=")]
+    return Path(given[-1] if given else "runs/idmm")
+
+
+def _after_failure(message: str, out: Path | None, existed: bool) -> None:
+    """The error goes to train.log too; a directory this command created and filled with
+    nothing worth keeping (no checkpoint) is removed."""
+    log = logging.getLogger("idmm")
+    record = logging.LogRecord("idmm", logging.ERROR, "", 0, f"error: {message}", None, None)
+    files = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.emit(record)
+    if out is not None and out.is_dir() and not existed and not _checkpoints(out):
+        for handler in files:  # train.log goes with the directory
+            log.removeHandler(handler)
+            handler.close()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return list(out.glob("**/checkpoints/last.ckpt"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .data.sources import DataError
     from .engine.checkpoint import CheckpointError
-    from .engine.distributed import teardown
+    from .engine.distributed import is_main_process, teardown
     from .engine.trainer import TrainingError
 
+    out = _out_dir(args)
+    existed = out is not None and out.exists()
     try:
         VERBS[args.command](args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"idmm: error: {e}", file=sys.stderr)
+        if is_main_process():
+            _after_failure(str(e), out, existed)
         return 2
     except KeyboardInterrupt:
-        print("idmm: interrupted; continue with resume=true", file=sys.stderr)
+        if out is not None and not _checkpoints(out):
+            print("idmm: interrupted before the first checkpoint: nothing to resume; run the "
+                  "command again", file=sys.stderr)  # fmt: skip
+        else:
+            print("idmm: interrupted; continue with resume=true", file=sys.stderr)
         return 130
     finally:
         # Under torchrun, exiting with the gloo group alive lets its threads abort the process
