@@ -115,3 +115,15 @@ def test_a_recipe_on_another_dataset_leaves_its_dataset_keys():
     kept = build_config("cpu/fmnist2040", {"data": "some/folder", "subset_per_class": "5"})
     assert kept.data.subset_per_class == 5
     assert build_config("cpu/fmnist2040").data.subset_per_class == 204
+
+
+def test_keys_lists_every_key_with_its_default_and_meaning(capsys):
+    from idmm import cli
+    from idmm.config import all_keys
+
+    assert cli.main(["keys"]) == 0
+    out = capsys.readouterr().out
+    for key in all_keys():
+        assert f"\n{key}=" in out, key
+    assert "data.val_fraction=0.1" in out and "# of the training images held out" in out
+    assert "[idmm]" in out and "idmm.head_init=random" in out

@@ -131,15 +131,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _defaults() -> list[str]:
-    """`key=default` for every config key."""
-    from .config import RunConfig, all_keys, to_dict
+    """`key=default  # what it is` for every config key, a section at a time."""
+    from .config import RunConfig, all_keys, key_notes, to_dict
 
-    defaults, lines = to_dict(RunConfig()), []
+    defaults, lines, notes, section = to_dict(RunConfig()), [], key_notes(), None
     for key in all_keys():
         value = defaults
         for part in key.split("."):
             value = value[part]
-        lines.append(f"{key}={value}")
+        head = key.split(".")[0] if "." in key else ""
+        if head != section:
+            section = head
+            lines.append(f"\n[{head}]" if head else "[top level: pre-training and common keys]")
+        text = f"{key}={value}"
+        lines.append(f"{text:<40} # {notes[key]}" if notes.get(key) else text)
     return lines
 
 
