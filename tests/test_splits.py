@@ -133,3 +133,19 @@ def test_what_a_killed_run_left_is_not_reused(folder, tmp_path):
     (run / "checkpoints" / "last.ckpt").unlink()  # as if killed during the first epoch
     idmm.pretrain(data=folder, out=str(run), epochs=1, **{"data.split_seed": 1}, **FOLDER)
     assert json.loads((run / "splits.json").read_text())["seed"] == 1
+
+
+def test_batch_size_auto_never_exceeds_the_data(folder, tmp_path):
+    """A folder of 30 images with the default batch_size (auto): not the paper's 256, which
+    would be larger than the 21 training images, but a batch that leaves 6 steps an epoch."""
+    import yaml
+
+    from idmm.builders import auto_batch_size
+
+    run = tmp_path / "run"
+    keys = {k: v for k, v in FOLDER.items() if k != "batch_size"}
+    idmm.pretrain(data=folder, out=str(run), epochs=1, **keys)
+    assert yaml.safe_load((run / "config.yaml").read_text())["batch_size"] == 2
+    assert "batch_size=auto -> 2" in (run / "train.log").read_text()
+    assert [auto_batch_size(n) for n in (1, 140, 2040, 5000)] == [1, 16, 256, 256]
+    assert auto_batch_size(2040, world_size=4) == 64

@@ -225,7 +225,7 @@ def _problems(obj: Any) -> list[tuple[str, bool, str]]:
             checks.append((key, ok(getattr(obj, key)), what))
 
     need("epochs", lambda v: v >= 1, "at least 1")
-    need("batch_size", lambda v: v >= 1, "at least 1")
+    need("batch_size", lambda v: v is None or v >= 1, "at least 1 (or auto)")
     need("warmup_epochs", lambda v: v >= 0, "0 or more")
     need("drop_path", lambda v: 0 <= v < 1, "in [0, 1)")
     need("threads", lambda v: v is None or v >= 1, "at least 1 (or none)")

@@ -124,7 +124,7 @@ class _Pretrain(CommonConfig):
     method: str = "idmm"
     img_size: int | None = None  # None = auto (28 for Fashion-MNIST, 112 otherwise)
     epochs: int = 100
-    batch_size: int = 256
+    batch_size: int | None = None  # None/auto: 256 (the paper), fewer on small data
     lr: float | None = None  # None = base_lr * batch_size / 256
     base_lr: float = 5e-4
     min_lr: float = 0.0
@@ -158,7 +158,7 @@ class FinetuneSettings(SupervisedConfig):
     init: str | None = None  # a run directory or a .safetensors file; None = from scratch
     epochs: int = 100
     img_size: int | None = None  # None = the pre-training img_size (the paper: 112 -> 224)
-    batch_size: int = 256
+    batch_size: int | None = None  # None/auto: 256 (the paper), fewer on small data
     lr: float | None = None  # None = base_lr * batch_size / 256
     base_lr: float = 5e-4
     min_lr: float = 1e-6

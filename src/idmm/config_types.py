@@ -37,7 +37,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert `value` (from YAML or a CLI string) to type `tp`, or raise naming the key."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        nothing = ("none", "null", "", "auto")  # a None default means "auto": both spell it
+        if value is None or (isinstance(value, str) and value.lower() in nothing):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]

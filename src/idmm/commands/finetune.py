@@ -152,7 +152,7 @@ def stage2_config(cfg: FinetuneConfig, world_size: int) -> FinetuneConfig:
     s2.out = str(Path(cfg.out) / "stage2")
     s2.img_size = cfg.stage2_img_size or cfg.img_size
     s2.epochs, s2.base_lr, s2.stage2_epochs = cfg.stage2_epochs, cfg.stage2_base_lr, 0
-    s2.batch_size = cfg.stage2_batch_size or cfg.batch_size
+    s2.batch_size = cfg.stage2_batch_size or cfg.batch_size  # resolved by then
     s2.global_batch_size = s2.batch_size * world_size
     s2.lr = s2.base_lr * s2.global_batch_size / 256
     s2.init, s2.head_init = str(Path(cfg.out) / "model.safetensors"), "random"

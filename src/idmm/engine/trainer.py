@@ -94,7 +94,9 @@ class Trainer:
         if per_step > len(data):
             raise TrainingError(
                 f"batch_size={cfg.batch_size} x {rt.world_size} process(es) is larger than the "
-                f"{len(data)} training images; set batch_size<={len(data) // rt.world_size}"
+                f"{len(data)} training images; set batch_size<={len(data) // rt.world_size} "
+                f"(finetune.batch_size for fine-tuning in a recipe or `idmm run`), or "
+                "batch_size=auto"
             )
         self.steps_per_epoch = len(data) // per_step
         self.total_steps = self.steps_per_epoch * cfg.epochs
