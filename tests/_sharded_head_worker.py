@@ -2,6 +2,7 @@
 replicated one on the same global batch; writes the largest differences."""
 
 import json
+import os
 import sys
 
 import torch
@@ -47,3 +48,6 @@ out = {
 with open(f"{sys.argv[1]}.{rank}", "w") as fh:
     json.dump(out, fh)
 dist.destroy_process_group()
+# Skip the interpreter's teardown: on a loaded machine gloo's threads have aborted there
+# ("terminate called without an active exception") after the results were already written.
+os._exit(0)
