@@ -115,21 +115,23 @@ def load_data(
     splits.json; then each split decoded once (its own memory-mapped file when large)."""
     src = training_source(cfg)
     size = size or cfg.data.cache_size or cfg.img_size
-    splits = _splits(cfg, run, inherit, src)
+    d = cfg.data
+    own_test = None if d.test else open_source(d.source, "test", d.root)  # opened once
+    splits = _splits(cfg, run, inherit, src, own_test is not None)
     if run is not None and rank_and_world()[0] == 0 and not run.splits_file.is_file():
         run.path.mkdir(parents=True, exist_ok=True)
         splits.save(run.splits_file, src)
     train = _part(cfg, src, splits.train, size, progress)
     val = _part(cfg, src, splits.val, size, progress) if splits.val else None
     if splits.val_from not in (splitting.HOLDOUT, "none"):
-        val = _other(cfg, splits.val_from, "train", train, progress, "data.val")
+        val = _other(cfg, open_source(splits.val_from), train, progress, "data.val")
     test = None
     if with_test and splits.test_from == splitting.HOLDOUT:
         test = _part(cfg, src, splits.test, size, progress)
     elif with_test and splits.test_from == "dataset":
-        test = _other(cfg, cfg.data.source, "test", train, progress, "test split", cfg.data.root)
+        test = _other(cfg, own_test, train, progress, "test split of")
     elif with_test and splits.test_from != "none":
-        test = _other(cfg, splits.test_from, "train", train, progress, "data.test")
+        test = _other(cfg, open_source(splits.test_from), train, progress, "data.test")
     return Dataset(train, val, test, splits, src.name)
 
 
@@ -146,12 +148,11 @@ def _part(cfg, src: Source, positions: list[int], size: int, progress: bool) -> 
     return data
 
 
-def _splits(cfg, run, inherit, src) -> splitting.Splits:
+def _splits(cfg, run, inherit, src, has_own_test: bool) -> splitting.Splits:
     """The run's own recorded split, else the inherited one when it is of this dataset (both
     must still be what the data and settings give), else a new one."""
     d = cfg.data
-    has_test = d.test or open_source(d.source, "test", d.root) is not None
-    test_from = d.test or ("dataset" if has_test else None)
+    test_from = d.test or ("dataset" if has_own_test else None)
     decided = splitting.decide(src, seed=d.split_seed, val_fraction=d.val_fraction,
                                test_fraction=d.test_fraction, val_from=d.val,
                                test_from=test_from)  # fmt: skip
@@ -164,10 +165,9 @@ def _splits(cfg, run, inherit, src) -> splitting.Splits:
     return decided  # another dataset (transfer), or a run without a recorded split
 
 
-def _other(cfg, spec, split, train, progress, where, root=None) -> CachedData:
+def _other(cfg, src: Source, train, progress, where) -> CachedData:
     """Another source (data.val, data.test, the dataset's test split) in the training classes."""
-    src = open_source(spec, split, root)
-    return _relabel(cached(cfg, src, train.size, progress), train.classes, f"{where} {spec}")
+    return _relabel(cached(cfg, src, train.size, progress), train.classes, f"{where} {src.name}")
 
 
 def _relabel(d: CachedData, classes: list[str], where: str) -> CachedData:
