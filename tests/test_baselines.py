@@ -123,6 +123,20 @@ def test_dino_teacher_follows_batchnorm_and_the_student_is_exported(uint8_batch)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.teacher.buffers()))
 
 
+def test_dino_teacher_runs_like_dinos(uint8_batch):
+    """As the official code: the teacher runs in training mode (BatchNorm normalises with the
+    batch's statistics, not running ones still near their initialisation) without stochastic
+    depth, and the head's linear layers start with zero biases."""
+    cfg, m = _method("dino", model="vit_cpu_small_conv", drop_path=0.2,
+                     **{"dino.out_dim": 64, "dino.hidden_dim": 32})  # fmt: skip
+    m.train()
+    assert all(mod.training for mod in m.teacher.modules())
+    drops = [mod for mod in m.teacher.modules() if hasattr(mod, "drop_prob")]
+    assert drops and all(mod.drop_prob == 0 for mod in drops)
+    assert any(mod.drop_prob > 0 for mod in m.backbone.modules() if hasattr(mod, "drop_prob"))
+    assert all(torch.all(lin.bias == 0) for lin in m.head.mlp if isinstance(lin, torch.nn.Linear))
+
+
 def test_dino_optimiser_is_dinos():
     """Weight decay 0.04 -> 0.4 on weights only, per-parameter clipping at 3, prototypes frozen
     in the first epoch."""

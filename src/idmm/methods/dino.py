@@ -75,6 +75,10 @@ class DINOHead(nn.Module):
             nn.Linear(hidden_dim, bottleneck_dim),
         )  # fmt: skip
         self.prototypes = nn.Parameter(torch.randn(out_dim, bottleneck_dim) * 0.02)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):  # DINO's init: small weights, zero bias
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)
@@ -103,13 +107,11 @@ class DINO(Method):
         self.teacher = copy.deepcopy(nn.ModuleDict({"backbone": backbone, "head": self.head}))
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        for m in self.teacher.modules():  # the teacher has no stochastic depth (DINO's)
+            if hasattr(m, "drop_prob"):
+                m.drop_prob = 0.0
         self.register_buffer("center", torch.zeros(1, dim))
         self.epoch = 0
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # no drop-path in the teacher
-        return self
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
