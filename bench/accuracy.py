@@ -98,8 +98,10 @@ def markdown(summary: dict, refs: dict, seeds: int) -> str:
     raw-pixel references."""
     lines = [f"{seeds} seed(s); the test top-1 is evaluated once per run, after the last epoch.",
              "", comparison_table(summary)]  # fmt: skip
-    for name, key, minutes in (("kNN on raw pixels (k=5, cosine)", "knn_raw_pixels", "< 0.1"),
-                               ("logistic regression on raw pixels", "logreg_raw_pixels", "< 1")):
+    for name, key, minutes in (
+        ("kNN on raw pixels (k=5, cosine)", "knn_raw_pixels", "< 0.1"),
+        ("logistic regression on raw pixels", "logreg_raw_pixels", "< 1"),
+    ):
         lines.append(f"| {name} | - | - |  |  |  | {100 * refs[key]:.2f} |  |  | {minutes} |")
     return "\n".join(lines)
 
@@ -145,8 +147,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--plot", type=Path, help="accuracy against pre-training epochs (PNG)")
-    p.add_argument("--table-only", action="store_true",
-                   help="print the table (and draw --plot) from an existing --json; train nothing")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="print the table (and draw --plot) from an existing --json; train nothing",
+    )
     args = p.parse_args()
     if args.table_only:
         r = json.loads(args.json.read_text())
@@ -167,10 +172,17 @@ def main() -> None:
                        args.model) if epochs else []  # fmt: skip
     table = markdown(summary, refs, args.seeds)
     print(table)
-    result = {"machine": describe(), "data": args.data, "config": args.config,
-              "model": args.model or make_config(args.config).model, "seeds": args.seeds,
-              "references": refs, "summary": summary, "sweep": sweep_rows,
-              "per_seed": json.loads((args.out / "compare.json").read_text())["per_seed"]}
+    result = {
+        "machine": describe(),
+        "data": args.data,
+        "config": args.config,
+        "model": args.model or make_config(args.config).model,
+        "seeds": args.seeds,
+        "references": refs,
+        "summary": summary,
+        "sweep": sweep_rows,
+        "per_seed": json.loads((args.out / "compare.json").read_text())["per_seed"],
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -69,9 +69,13 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=128, help="feature width (vit_cpu_small: 128)")
     p.add_argument("--batch", type=int, default=64, help="source images per step")
     p.add_argument("--crops", type=int, default=6, help="crops per image (2 global + 4 local)")
-    p.add_argument("--backbone-step-s", type=float, default=64 / 215,
-                   help="the whole IDMM step without the head's share, seconds (default: the "
-                        "FMNIST recipe at 28 px, bench/pretrain_step.py: 215 img/s at batch 64)")
+    p.add_argument(
+        "--backbone-step-s",
+        type=float,
+        default=64 / 215,
+        help="the whole IDMM step without the head's share, seconds (default: the "
+        "FMNIST recipe at 28 px, bench/pretrain_step.py: 215 img/s at batch 64)",
+    )
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--json", type=Path)
     p.add_argument("--sharded", action="store_true", help="the sharded head (under torchrun)")

@@ -56,9 +56,11 @@ def test_color_ops_keep_range_and_respect_probability(uint8_batch):
     assert torch.equal(random_grayscale(x, 0.0, g), x)
     assert torch.equal(gaussian_blur(x, 0.0, (0.1, 2.0), g), x)
     blurred = gaussian_blur(x, 1.0, (1.5, 2.0), g)
+
     # blur lowers the high-frequency energy of every image
     def tv(t):
         return (t[..., 1:] - t[..., :-1]).abs().mean((1, 2, 3))
+
     assert (tv(blurred) < tv(x)).all()
 
 

@@ -70,8 +70,9 @@ def test_gather_with_gradient_in_two_gloo_processes(tmp_path):
 
 
 def _method(name, **overrides):
-    cfg = make_config(**{"method": name, "model": "vit_test", "img_size": 16, "batch_size": 8,
-                         **overrides})
+    cfg = make_config(
+        **{"method": name, "model": "vit_test", "img_size": 16, "batch_size": 8, **overrides}
+    )
     rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
     resolve(cfg, rt, None)
     return cfg, build_method(cfg, rt, 32, 4)
@@ -108,8 +109,9 @@ def test_dino_teacher_and_centre_update(uint8_batch):
 def test_dino_teacher_follows_batchnorm_and_the_student_is_exported(uint8_batch):
     """The conv stem's BatchNorm statistics follow the EMA like the weights; the student (what
     the paper's DINO baseline fine-tunes) is the representation."""
-    cfg, m = _method("dino", model="vit_cpu_small_conv", **{"dino.out_dim": 64,
-                                                            "dino.hidden_dim": 32})
+    cfg, m = _method(
+        "dino", model="vit_cpu_small_conv", **{"dino.out_dim": 64, "dino.hidden_dim": 32}
+    )
     assert m.representation() is m.backbone
     m.train()
     crops = m.prepare(uint8_batch[:8], torch.arange(8), None, None, torch.Generator())

@@ -6,12 +6,29 @@ from idmm.config import ConfigError, build_config, parse_overrides, set_key
 
 
 def test_documented_keys_work():
-    cfg = build_config(overrides=parse_overrides([
-        "data=some/folder", "out=runs/x", "method=idmm", "model=vit_cpu", "img_size=28",
-        "epochs=3", "batch_size=64", "lr=0.001", "seed=7", "subset_per_class=204", "resume=true",
-        "aug.local_size=16", "aug.global_scale=0.2,1", "idmm.label_smoothing=0", "clip_grad=none",
-        "base_lr=1e-3", "min_lr=5E-6",
-    ]))
+    cfg = build_config(
+        overrides=parse_overrides(
+            [
+                "data=some/folder",
+                "out=runs/x",
+                "method=idmm",
+                "model=vit_cpu",
+                "img_size=28",
+                "epochs=3",
+                "batch_size=64",
+                "lr=0.001",
+                "seed=7",
+                "subset_per_class=204",
+                "resume=true",
+                "aug.local_size=16",
+                "aug.global_scale=0.2,1",
+                "idmm.label_smoothing=0",
+                "clip_grad=none",
+                "base_lr=1e-3",
+                "min_lr=5E-6",
+            ]
+        )
+    )
     assert cfg.data.source == "some/folder" and cfg.data.subset_per_class == 204
     assert cfg.epochs == 3 and cfg.lr == 0.001 and cfg.resume is True and cfg.seed == 7
     assert cfg.aug.global_scale == (0.2, 1.0) and cfg.aug.local_size == 16
@@ -26,19 +43,22 @@ def test_unknown_key_names_it_and_hints():
         build_config(overrides={"aug.local_sise": "16"})
 
 
-@pytest.mark.parametrize("key,value,msg", [
-    ("epochs", "ten", "'epochs' expects int"),
-    ("epochs", "1.5", "'epochs' expects int"),
-    ("lr", "fast", "'lr' expects float"),
-    ("resume", "maybe", "'resume' expects bool"),
-    ("precision", "fp8", "'precision' must be one of auto, fp32, bf16, fp16"),
-    ("aug.global_scale", "0.1,0.5,0.9", "expects 2 values"),
-    ("epochs", "0", "'epochs' must be at least 1"),
-    ("idmm.label_smoothing", "1.5", "'idmm.label_smoothing' must be in"),
-    ("lr", "nan", "'lr' must be a finite number"),
-    ("threads", "0", "'threads' must be at least 1"),
-    ("lr", "-1e-3", "'lr' must be positive"),
-])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("epochs", "ten", "'epochs' expects int"),
+        ("epochs", "1.5", "'epochs' expects int"),
+        ("lr", "fast", "'lr' expects float"),
+        ("resume", "maybe", "'resume' expects bool"),
+        ("precision", "fp8", "'precision' must be one of auto, fp32, bf16, fp16"),
+        ("aug.global_scale", "0.1,0.5,0.9", "expects 2 values"),
+        ("epochs", "0", "'epochs' must be at least 1"),
+        ("idmm.label_smoothing", "1.5", "'idmm.label_smoothing' must be in"),
+        ("lr", "nan", "'lr' must be a finite number"),
+        ("threads", "0", "'threads' must be at least 1"),
+        ("lr", "-1e-3", "'lr' must be positive"),
+    ],
+)
 def test_bad_values_are_rejected_with_the_key(key, value, msg):
     with pytest.raises(ConfigError, match=msg):
         build_config(overrides={key: value})
@@ -61,8 +81,9 @@ def test_malformed_override():
         set_key(build_config(), "aug", 3)
 
 
-@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("configs/**/*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe", sorted(Path(__file__).parents[1].glob("configs/**/*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_recipe_is_valid(recipe):
     cfg = build_config(recipe)
     assert cfg.epochs >= 1 and cfg.data.source

@@ -22,8 +22,17 @@ from idmm.engine.trainer import TrainingError
 ENV = dict(os.environ, PYTHONPATH=str(Path(idmm.__file__).parents[1]))
 DRIVER = str(Path(__file__).parent / "_fault_driver.py")
 # 200 real Fashion-MNIST images, batch 50: 4 steps per epoch, about a second per epoch
-TINY = dict(data="fashion-mnist", subset_per_class=20, model="vit_test", batch_size=50,
-            warmup_epochs=1, threads=2, progress="log", base_lr=2e-3, **{"aug.local_size": 16})
+TINY = dict(
+    data="fashion-mnist",
+    subset_per_class=20,
+    model="vit_test",
+    batch_size=50,
+    warmup_epochs=1,
+    threads=2,
+    progress="log",
+    base_lr=2e-3,
+    **{"aug.local_size": 16},
+)
 FT = {k: v for k, v in TINY.items() if not k.startswith("aug.")}  # fine-tuning has no multi-crop
 
 

@@ -150,8 +150,10 @@ def test_user_validation_folder(tmp_path):
 
 def test_second_stage_at_higher_resolution(tmp_path):
     out = tmp_path / "ft"
-    idmm.finetune(out=str(out), **dict(TINY, epochs=1, **{"finetune.stage2_epochs": 1,
-                                                          "finetune.stage2_img_size": 56}))
+    idmm.finetune(
+        out=str(out),
+        **dict(TINY, epochs=1, **{"finetune.stage2_epochs": 1, "finetune.stage2_img_size": 56}),
+    )
     stage2 = load_file(str(out / "stage2" / "model.safetensors"))
     assert stage2["pos_embed"].shape == (1, 1 + 14 * 14, 48)
     results = json.loads((out / "results.json").read_text())

@@ -110,8 +110,9 @@ def test_each_run_directory_records_what_ran(tmp_path):
             idmm.finetune(init=str(pre), out=str(tmp_path / "x"), **{key: 1})
 
 
-@pytest.mark.parametrize("argv", [["--help"], *[[verb, "--help"] for verb in
-                                                ("pretrain", "compare", "ablate", "eval")]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], *[[verb, "--help"] for verb in ("pretrain", "compare", "ablate", "eval")]]
+)
 def test_help_prints(argv, capsys):
     from idmm import cli
 

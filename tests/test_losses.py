@@ -14,8 +14,9 @@ def test_mixed_soft_ce_equals_dense_soft_target(lam, eps):
     target = lam * F.one_hot(a, n).float() + (1 - lam) * F.one_hot(c, n).float()
     target = (1 - eps) * target + eps / n
     assert torch.allclose(target.sum(1), torch.ones(b))  # soft targets sum to one
-    assert torch.allclose(mixed_soft_ce(logits, a, c, lam, eps), soft_target_ce(logits, target),
-                          atol=1e-5)
+    assert torch.allclose(
+        mixed_soft_ce(logits, a, c, lam, eps), soft_target_ce(logits, target), atol=1e-5
+    )
 
 
 def test_label_smoothing_matches_torch():

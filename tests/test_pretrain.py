@@ -18,9 +18,18 @@ from idmm.engine.checkpoint import load_checkpoint
 from idmm.engine.trainer import TrainingError
 
 # A small FMNIST subset and the unit-test model: an epoch takes about a second.
-TINY = dict(data="fashion-mnist", subset_per_class=20, model="vit_test", batch_size=50,
-            epochs=4, warmup_epochs=1, threads=2, progress="log", base_lr=2e-3,
-            **{"aug.local_size": 16})
+TINY = dict(
+    data="fashion-mnist",
+    subset_per_class=20,
+    model="vit_test",
+    batch_size=50,
+    epochs=4,
+    warmup_epochs=1,
+    threads=2,
+    progress="log",
+    base_lr=2e-3,
+    **{"aug.local_size": 16},
+)
 
 
 def _weights(run: Path) -> dict:
@@ -30,11 +39,21 @@ def _weights(run: Path) -> dict:
 def test_pretrain_learns_and_writes_the_run_dir(tmp_path):
     run = tmp_path / "run"
     # the CPU recipe's short-schedule settings (configs/cpu/fmnist2040.yaml)
-    fast = {"idmm.head_init": "imprint", "aug.global_scale": "0.35,1",
-            "aug.local_scale": "0.15,0.5", "lr": 2e-3}
+    fast = {
+        "idmm.head_init": "imprint",
+        "aug.global_scale": "0.35,1",
+        "aug.local_scale": "0.15,0.5",
+        "lr": 2e-3,
+    }
     idmm.pretrain(out=str(run), **dict(TINY, epochs=8, subset_per_class=30, batch_size=60, **fast))
-    for name in ("config.yaml", "metrics.jsonl", "train.log", "checkpoints/last.ckpt",
-                 "backbone.safetensors", "results.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "train.log",
+        "checkpoints/last.ckpt",
+        "backbone.safetensors",
+        "results.json",
+    ):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records]
@@ -49,8 +68,15 @@ def test_pretrain_learns_and_writes_the_run_dir(tmp_path):
     # the export is weights only with timm names, loadable by timm itself
     import timm
 
-    m = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=28, patch_size=4,
-                          embed_dim=48, depth=2, num_heads=2)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        num_classes=0,
+        img_size=28,
+        patch_size=4,
+        embed_dim=48,
+        depth=2,
+        num_heads=2,
+    )
     m.load_state_dict(_weights(run))
 
 
@@ -104,8 +130,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_checkpoint(killed / "checkpoints/last.ckpt")["epoch"] < 6
-    subprocess.run([*cmd, f"out={killed}", "resume=true"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run([*cmd, f"out={killed}", "resume=true"], check=True, env=env, capture_output=True)
     a, b = _weights(full), _weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(killed) == _metrics(full)
@@ -164,8 +189,18 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "unknown config key 'epoch'" in err and "Traceback" not in err
     assert main(["pretrain", f"data={tmp_path}/missing", f"out={tmp_path}/r"]) == 2
     assert "missing" in capsys.readouterr().err
-    assert main(["pretrain", "batch_size=5000", "subset_per_class=10", f"out={tmp_path}/r",
-                 "model=vit_test"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "batch_size=5000",
+                "subset_per_class=10",
+                f"out={tmp_path}/r",
+                "model=vit_test",
+            ]
+        )
+        == 2
+    )
     assert "batch_size=5000" in capsys.readouterr().err
 
 
@@ -176,8 +211,16 @@ def test_folder_with_a_corrupt_image_is_named_then_skipped(tmp_path, capsys):
 
     make_class_folder(tmp_path / "imgs", {"bag": 6, "shoe": 6})
     (tmp_path / "imgs" / "bag" / "broken.jpg").write_bytes(b"this is text, not a JPEG")
-    args = ["pretrain", f"data={tmp_path / 'imgs'}", "model=vit_test", "img_size=28",
-            "epochs=1", "batch_size=4", "threads=2", "progress=log"]
+    args = [
+        "pretrain",
+        f"data={tmp_path / 'imgs'}",
+        "model=vit_test",
+        "img_size=28",
+        "epochs=1",
+        "batch_size=4",
+        "threads=2",
+        "progress=log",
+    ]
     assert main([*args, f"out={tmp_path}/r1"]) == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "data.skip_bad=true" in err
@@ -202,15 +245,27 @@ def test_imprinted_head_starts_as_each_images_feature(uint8_batch):
     from idmm.eval.features import extract_features
     from idmm.methods.idmm import IDMM
 
-    cfg = build_config(overrides={"model": "vit_test", "img_size": "28",
-                                  "idmm.head_init": "imprint", "data.mean": "0.3,0.3,0.3",
-                                  "data.std": "0.35,0.35,0.35"})
+    cfg = build_config(
+        overrides={
+            "model": "vit_test",
+            "img_size": "28",
+            "idmm.head_init": "imprint",
+            "data.mean": "0.3,0.3,0.3",
+            "data.std": "0.35,0.35,0.35",
+        }
+    )
     backbone = build_backbone(cfg)
     views = MultiCrop(cfg.aug, 28, 28, cfg.data.mean, cfg.data.std)
     method = IDMM(cfg, backbone, len(uint8_batch), 10, views)
     method.on_train_start(uint8_batch)
-    feats = extract_features(backbone, uint8_batch, 28, cfg.data.mean, cfg.data.std,
-                             Runtime(0, 1, 0, torch.device("cpu"), "fp32"))
+    feats = extract_features(
+        backbone,
+        uint8_batch,
+        28,
+        cfg.data.mean,
+        cfg.data.std,
+        Runtime(0, 1, 0, torch.device("cpu"), "fp32"),
+    )
     cos = torch.nn.functional.cosine_similarity(method.head.weight, feats, dim=1)
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-4)
     logits = method.head(feats)
@@ -222,8 +277,16 @@ def test_unlabelled_flat_folder_pretrains(tmp_path):
 
     for k in range(8):
         write_image(tmp_path / "flat" / f"photo {k}.png", k)  # spaces in names, no classes
-    idmm.pretrain(data=str(tmp_path / "flat"), out=str(tmp_path / "run"), model="vit_test",
-                  img_size=28, epochs=1, batch_size=4, threads=2, knn_every=1)
+    idmm.pretrain(
+        data=str(tmp_path / "flat"),
+        out=str(tmp_path / "run"),
+        model="vit_test",
+        img_size=28,
+        epochs=1,
+        batch_size=4,
+        threads=2,
+        knn_every=1,
+    )
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 1 and "knn" not in records[0]  # no labels: no kNN monitor
     with pytest.raises(idmm.DataError, match="no labels"):

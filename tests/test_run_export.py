@@ -3,6 +3,7 @@
 import json
 from pkgutil import resolve_name
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 import idmm
 from idmm.builders import build_backbone, export_backbone
 from idmm.cli import main
+from idmm.commands.export import preprocessed
 from idmm.config import ConfigError, build_config
 
 ARGS = ["data=fashion-mnist", "subset_per_class=10", "model=vit_test", "epochs=2",
@@ -80,8 +82,14 @@ def test_export_loads_in_plain_timm_with_the_same_outputs(run_dir, tmp_path):
 def test_conv_stem_backbone_exports_to_plain_timm(tmp_path):
     """The CPU recipe's model passes a class (its stem) to timm: the export names it by import
     path under import_kwargs, and timm rebuilds the same network from it."""
-    cfg = build_config(overrides={"model": "vit_cpu_small_conv", "img_size": "16",
-                                  "data.mean": "0.3,0.3,0.3", "data.std": "0.3,0.3,0.3"})
+    cfg = build_config(
+        overrides={
+            "model": "vit_cpu_small_conv",
+            "img_size": "16",
+            "data.mean": "0.3,0.3,0.3",
+            "data.std": "0.3,0.3,0.3",
+        }
+    )
     ours = build_backbone(cfg).eval()
     export_backbone(cfg, ours, tmp_path / "backbone.safetensors", "idmm")
     info, model = _timm_from_export(idmm.export(tmp_path / "backbone.safetensors", tmp_path / "x"))
@@ -172,3 +180,96 @@ def test_resuming_a_finished_run_keeps_its_numbers(run_dir, capsys):
         assert after[key]["epochs"] == before[key]["epochs"]
         assert after[key]["time_s"] == before[key]["time_s"]
     assert "| 2 + 2 |" in capsys.readouterr().out
+
+
+def _odd_images(folder, fmnist_images):
+    """Two transparent PNGs with bright garbage under their transparent pixels (as clip-art
+    often has) and a grayscale one."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(2):
+        g = fmnist_images[i]
+        rgba = np.zeros((*g.shape, 4), np.uint8)
+        rgba[..., :3] = 255 - g[..., None]  # dark garment on ...
+        rgba[..., 3] = np.where(g > 40, 255, 0)  # ... a transparent background
+        rgba[g <= 40, :3] = (0, 200, 0)  # whose colour is green garbage
+        paths.append(folder / f"clip {i}.png")
+        Image.fromarray(rgba, "RGBA").save(paths[-1])
+    paths.append(folder / "gray.png")
+    Image.fromarray(fmnist_images[2], "L").save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def test_plain_timm_with_its_own_transforms_predicts_what_idmm_predicts(
+    run_dir, tmp_path, fmnist_images
+):
+    """The export's pretrained config (resize, crop, interpolation, mean, std) drives timm's
+    own eval transform; with the export's background for transparency and RGB for grayscale,
+    plain timm gets idmm predict's probabilities on transparent and grayscale images."""
+    files = _odd_images(tmp_path / "odd", fmnist_images)
+    info, model = _timm_from_export(idmm.export(run_dir, tmp_path / "exp"))
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    background = tuple(info["preprocessing"]["background"])
+    rows = idmm.predict(run_dir, files, top_k=1)
+    for path, row in zip(files, rows):
+        image = Image.open(path)
+        if image.mode == "RGBA":
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (*background, 255)), image)
+        x = transform(image.convert("RGB")).unsqueeze(0)
+        with torch.no_grad():
+            probs = model(x).softmax(-1)[0]
+        top = row["predictions"][0]
+        assert info["classes"][int(probs.argmax())] == top["class"], path
+        assert abs(float(probs.max()) - top["prob"]) < 1e-4, path
+    # without the background the transparent images are other inputs: the step matters
+    naive = transform(Image.open(files[0]).convert("RGB"))
+    composited = transform(
+        Image.alpha_composite(
+            Image.new("RGBA", (28, 28), (*background, 255)), Image.open(files[0])
+        ).convert("RGB")
+    )
+    assert (naive - composited).abs().max() > 0.5
+
+
+def test_onnx_export_matches_torch(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")  # in the dev extra: CI runs this
+    import onnxruntime
+
+    out = tmp_path / "onnx"
+    assert main(["export", f"run={run_dir}", f"out={out}", "format=onnx"]) == 0
+    assert "outputs match torch's" in capsys.readouterr().out
+    info = json.loads((out / "model.json").read_text())
+    assert info["onnx"]["checked"] and info["onnx"]["max_abs_diff"] < 1e-3
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    x = torch.randn(3, 3, 28, 28)
+    (got,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        want = idmm.load_model(out)(x)
+    assert got.shape == (3, 10) and np.allclose(got, want.numpy(), atol=1e-4)
+    assert main(["export", f"run={run_dir}", f"out={out}", "format=tflite"]) == 2
+    assert "format=tflite: give one of safetensors, onnx" in capsys.readouterr().err
+
+
+def test_embed_writes_features_with_their_paths(run_dir, tmp_path, fmnist_images, capsys):
+    files = _write_images(tmp_path / "imgs", fmnist_images, 4)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "e" / "emb.npz"
+    assert main(["embed", f"checkpoint={run_dir}", str(tmp_path / "imgs"), f"out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "broken.png" in printed
+    assert "4 embeddings of dimension 48" in printed
+    z = np.load(out)
+    assert list(z["paths"]) == files and z["embeddings"].shape == (4, 48)
+    # the backbone's pre-logits, the features idmm's evaluations use
+    model = idmm.load_model(run_dir)
+    _, _, batches = preprocessed(model, files)
+    ((_, x),) = list(batches)
+    with torch.no_grad():
+        want = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert np.allclose(z["embeddings"], want.numpy(), atol=1e-5)
+    csv_out = tmp_path / "emb.csv"
+    assert main(["embed", f"checkpoint={run_dir}", files[0], f"out={csv_out}"]) == 0
+    header, row = csv_out.read_text().splitlines()
+    assert header.startswith("path,e0,") and row.startswith(files[0])
+    assert main(["embed", f"checkpoint={run_dir}", files[0], f"out={tmp_path / 'x.txt'}"]) == 2

@@ -103,8 +103,11 @@ def test_a_recorded_split_that_no_longer_matches_the_data_is_refused(folder, tmp
 def test_user_given_validation_and_test_folders(folder, tmp_path):
     make_class_folder(tmp_path / "val", {"bag": 2, "coat": 2, "shoe": 2}, first=100)
     make_class_folder(tmp_path / "test", {"bag": 3, "coat": 3, "shoe": 3}, first=200)
-    cfg = idmm.make_config(data=folder, img_size=16, **{"data.val": str(tmp_path / "val"),
-                                                        "data.test": str(tmp_path / "test")})
+    cfg = idmm.make_config(
+        data=folder,
+        img_size=16,
+        **{"data.val": str(tmp_path / "val"), "data.test": str(tmp_path / "test")},
+    )
     data = load_data(cfg, None)
     assert (len(data.train), len(data.val), len(data.test)) == (30, 6, 9)
     assert data.splits.val_from.endswith("val") and data.splits.test_from.endswith("test")

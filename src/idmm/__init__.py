@@ -13,6 +13,7 @@ _API = {
     "make_config": "builders",
     "ablate": "commands.ablate",
     "compare": "commands.compare",
+    "embed": "commands.embed",
     "evaluate_knn": "commands.evaluate",
     "evaluate_linear": "commands.evaluate",
     "export": "commands.export",

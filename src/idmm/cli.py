@@ -4,7 +4,8 @@ idmm run data=fashion-mnist subset_per_class=204 out=runs/fm baseline=true
 idmm pretrain data=fashion-mnist subset_per_class=204 out=runs/fm epochs=50
 idmm finetune data=fashion-mnist subset_per_class=204 init=runs/fm out=runs/fm-ft epochs=50
 idmm eval knn|linear checkpoint=runs/fm
-idmm export run=runs/fm-ft;  idmm predict checkpoint=runs/fm-ft shirt.png photos/
+idmm export run=runs/fm-ft [format=onnx];  idmm predict checkpoint=runs/fm-ft shirt.png photos/
+idmm embed checkpoint=runs/fm photos/ out=embeddings.npz
 idmm compare data=fmnist-2040 methods=idmm,simclr,supcon,dino,scratch out=runs/compare
 idmm transfer sources=fmnist-2040,sklearn-digits targets=fmnist-2040,sklearn-digits out=runs/tr
 idmm analyze runs/compare/idmm runs/compare/simclr runs/compare/scratch
@@ -89,18 +90,27 @@ def _parser() -> argparse.ArgumentParser:
         ("pretrain", "pre-training (IDMM by default; method=simclr|supcon|dino|supervised)"),
         ("finetune", "supervised fine-tuning from init=RUN_DIR; without init, from scratch"),
         ("run", "pre-train, evaluate (kNN, linear), fine-tune, write report.md"),
-        ("compare", "methods=idmm,idmm-paper,simclr,...,scratch seeds=K: each pre-trained, "
-                    "evaluated, fine-tuned; mean, 95%% interval, paired difference to reference="),
-        ("ablate", "the paper's ablation (Table 8) on this data: instance discrimination, + label "
-                   "smoothing, + small resolution, + multi-crop, + CutMix; seeds=K"),
+        (
+            "compare",
+            "methods=idmm,idmm-paper,simclr,...,scratch seeds=K: each pre-trained, "
+            "evaluated, fine-tuned; mean, 95%% interval, paired difference to reference=",
+        ),
+        (
+            "ablate",
+            "the paper's ablation (Table 8) on this data: instance discrimination, + label "
+            "smoothing, + small resolution, + multi-crop, + CutMix; seeds=K",
+        ),
         ("transfer", "sources=A,B targets=C,D: pre-train on each source, fine-tune on each target"),
         ("sweep", "models=a,b,c: the same recipe per model; accuracy vs params, FLOPs, latency"),
     ):
         cmd = sub.add_parser(name, help=text, description=text.replace("%%", "%") + ".",
                              formatter_class=argparse.RawDescriptionHelpFormatter,
                              epilog=VERB_KEYS.get(name, "") + EPILOG)  # fmt: skip
-        cmd.add_argument("--config", help="a YAML recipe: a file, or a recipe name such as "
-                         "cpu/fmnist2040 (`idmm recipes` lists them)")
+        cmd.add_argument(
+            "--config",
+            help="a YAML recipe: a file, or a recipe name such as "
+            "cpu/fmnist2040 (`idmm recipes` lists them)",
+        )
         cmd.add_argument("settings", nargs="*", metavar="key=value")
     ev = sub.add_parser("eval", help="evaluate a pre-trained backbone on frozen features")
     ev.add_argument(
@@ -114,12 +124,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="key=value",
         help="checkpoint=RUN_DIR (required), optionally data=... and other keys",
     )
-    ex = sub.add_parser("export", help="write model.safetensors + model.json for timm")
-    ex.add_argument("settings", nargs="*", metavar="key=value", help="run=RUN_DIR [out=DIR]")
+    ex = sub.add_parser("export", help="write model.safetensors + model.json for timm "
+                        "(format=onnx: also model.onnx, checked with onnxruntime)")  # fmt: skip
+    ex.add_argument(
+        "settings",
+        nargs="*",
+        metavar="key=value",
+        help="run=RUN_DIR [out=DIR] [format=safetensors|onnx]",
+    )
     pr = sub.add_parser("predict", help="top-k classes of images with a fine-tuned model")
     pr.add_argument("settings", nargs="+", metavar="checkpoint=RUN_DIR IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    em = sub.add_parser("embed", help="features of images (files, folders) to a .npz or .csv "
+                        "file, with their paths")  # fmt: skip
+    em.add_argument(
+        "settings", nargs="+", metavar="checkpoint=RUN_DIR IMAGE_OR_FOLDER ... [out=embeddings.npz]"
+    )
     an = sub.add_parser("analyze", help="t-SNE, alignment/uniformity, instance-head analyses")
     an.add_argument("settings", nargs="+", metavar="RUN_DIR ... [out=DIR points=2000 "
                     "coverage_steps=30]")  # fmt: skip
@@ -195,6 +216,22 @@ def _predict(args) -> None:
         preds = "  ".join(f"{p['class']} {p['prob'] * 100:.1f}%" for p in r["predictions"])
         preds = preds or f"error: {r['error']}"
         print(f"{r['path']:<{width}}  {preds}")
+
+
+def _embed(args) -> None:
+    from .commands.embed import embed
+
+    pairs = [s for s in args.settings if "=" in s]
+    images = [s for s in args.settings if "=" not in s]
+    usage = "idmm embed checkpoint=RUN IMAGES... [out=embeddings.npz]"
+    checkpoint, kv = _split(pairs, "checkpoint", usage)
+    out = kv.pop("out", "embeddings.npz")
+    if kv:
+        raise ConfigError(f"idmm embed takes checkpoint= and out=; got {', '.join(kv)}")
+    r = embed(checkpoint, images, out)
+    for path, reason in r["errors"].items():
+        print(f"skipped {path}: {reason}")
+    print(f"{r['images']} embeddings of dimension {r['dim']} written to {r['out']}")
 
 
 def _analyze(args) -> None:
@@ -310,8 +347,21 @@ def _eval(args) -> None:
 def _export(args) -> None:
     from .commands.export import export
 
-    run_dir, kv = _split(args.settings, "run", "idmm export run=RUN_DIR [out=DIR]")
-    print(f"exported to {export(run_dir, kv.pop('out', None))}")
+    usage = "idmm export run=RUN_DIR [out=DIR] [format=safetensors|onnx]"
+    run_dir, kv = _split(args.settings, "run", usage)
+    out, fmt = kv.pop("out", None), kv.pop("format", "safetensors")
+    if kv:
+        raise ConfigError(f"idmm export takes run=, out= and format=; got {', '.join(kv)}")
+    out_dir = export(run_dir, out, fmt)
+    onnx = json.loads((out_dir / "model.json").read_text()).get("onnx")
+    if onnx:
+        checked = (
+            f"outputs match torch's within {onnx['max_abs_diff']:.1e} (onnxruntime)"
+            if onnx["checked"]
+            else "not checked: onnxruntime is not installed"
+        )
+        print(f"{out_dir / 'model.onnx'}: {checked}")
+    print(f"exported to {out_dir}")
 
 
 # verb -> what it does; the parser and the dispatch both read this table
@@ -326,6 +376,7 @@ VERBS = {
     "eval": _eval,
     "export": _export,
     "predict": _predict,
+    "embed": _embed,
     "analyze": _analyze,
     "report": _report,
     "keys": lambda args: print("\n".join(_defaults())),

@@ -35,9 +35,10 @@ OUTPUTS = (
 )  # fmt: skip
 
 
-def check_out(path: Path, key: str = "out", file: bool = False) -> Path:
+def check_out(path: Path, key: str = "out", file: str | None = None) -> Path:
     """Refuse, with what to do, an output path that cannot be written: one under a file, a
-    directory where a file is meant, or a file where a directory is."""
+    directory where a file is meant (`file`: an example file name), or a file where a
+    directory is."""
     path = Path(path)
     for parent in [path.parent, *path.parent.parents]:
         if parent.exists() and not parent.is_dir():
@@ -45,7 +46,7 @@ def check_out(path: Path, key: str = "out", file: bool = False) -> Path:
                               f"choose another {key}=")  # fmt: skip
     if file and path.is_dir():
         raise ConfigError(f"{key}={path} is a directory; give a file name, e.g. "
-                          f"{key}={path / 'report.html'}")  # fmt: skip
+                          f"{key}={path / file}")  # fmt: skip
     if not file and path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={path} is a file; give a directory for {key}=")
     return path
@@ -107,7 +108,7 @@ class RunDir:
 
     @property
     def kind(self) -> str:
-        """"run" (idmm run), "pretrain" or "finetune", from its config.yaml."""
+        """ "run" (idmm run), "pretrain" or "finetune", from its config.yaml."""
         schema = schema_of(load_yaml(self.require().config_file)).__name__
         return {"RunConfig": "run", "PretrainConfig": "pretrain"}.get(schema, "finetune")
 

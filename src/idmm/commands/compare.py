@@ -172,8 +172,10 @@ def data_label(cfg: RunConfig) -> str:
 
 def write_comparison(out: Path, summary: dict, per_seed: dict, cfg: RunConfig,
                      reference: str) -> None:  # fmt: skip
-    write_json(out / "compare.json", {"summary": summary,
-                                      "per_seed": {str(k): v for k, v in per_seed.items()}})
+    write_json(
+        out / "compare.json",
+        {"summary": summary, "per_seed": {str(k): v for k, v in per_seed.items()}},
+    )
     cols = ["seed", *next(iter(next(iter(per_seed.values())).values()))]
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)

@@ -3,15 +3,20 @@ it, predict with it).
 
 An export is two files: `model.safetensors` (timm parameter names; the classifier head of a
 fine-tuned model included) and `model.json` (the timm architecture and keyword arguments, the
-class names and the preprocessing). Plain timm loads it with
+class names and the preprocessing); `format=onnx` adds `model.onnx` (batch size free), checked
+against the torch model with onnxruntime when it is installed. Plain timm loads it with
 
     info = json.load(open("export/model.json"))
     overlay = dict(info["pretrained_cfg_overlay"], file="export/model.safetensors")
     model = timm.create_model(
         info["model"], pretrained=True, pretrained_cfg_overlay=overlay, **info["kwargs"])
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
 
 (the overlay carries `num_classes`: without it timm drops a head whose size differs from the
-architecture's ImageNet default).
+architecture's ImageNet default). timm's transform takes RGB images: as idmm does, composite a
+transparent image on `info["preprocessing"]["background"]` (white) first, and convert grayscale
+to RGB (`Image.convert("RGB")` repeats the channel); then plain timm predicts what
+`idmm predict` does (tests/test_run_export.py).
 """
 
 from __future__ import annotations
@@ -82,6 +87,14 @@ def describe(meta: dict[str, str], model: nn.Module) -> dict:
             "std": json.loads(meta["std"]),
             "input_size": [3, img_size, img_size],
             "crop_pct": crop,
+            "crop_mode": "center",
+            "interpolation": "bicubic",  # idmm's resize (data/cache.py fit)
+        },
+        # what timm's pretrained config has no field for; idmm's loader does both (to_rgb)
+        "preprocessing": {
+            "background": [255, 255, 255],
+            "transparency": "composited on background before anything else",
+            "grayscale": "converted to RGB, the channel repeated",
         },
         "classes": classes,
         "import_kwargs": objects,
@@ -90,8 +103,14 @@ def describe(meta: dict[str, str], model: nn.Module) -> dict:
     }
 
 
-def export(run: str | Path, out: str | Path | None = None) -> Path:
-    """Write model.safetensors + model.json for `run` into `out` (default RUN/export)."""
+FORMATS = ("safetensors", "onnx")
+
+
+def export(run: str | Path, out: str | Path | None = None, format: str = "safetensors") -> Path:
+    """Write model.safetensors + model.json for `run` into `out` (default RUN/export); with
+    format=onnx also model.onnx."""
+    if format not in FORMATS:
+        raise ConfigError(f"format={format}: give one of {', '.join(FORMATS)}")
     weights = find_model(run)
     meta = read_meta(weights)
     info = describe(meta, build(meta))
@@ -102,8 +121,45 @@ def export(run: str | Path, out: str | Path | None = None) -> Path:
         tmp = out_dir / ".model.safetensors.tmp"
         shutil.copyfile(weights, tmp)
         tmp.replace(target)
+    if format == "onnx":
+        info["onnx"] = {"file": "model.onnx",
+                        **export_onnx(load_model(weights), out_dir / "model.onnx")}  # fmt: skip
     write_json(out_dir / "model.json", info)
     return out_dir
+
+
+def export_onnx(model: nn.Module, path: Path) -> dict:
+    """model.onnx (input `image`, N x 3 x H x W, any N) via torch.export, then the same outputs
+    checked with onnxruntime on a batch other than the one traced; returns the check."""
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ConfigError(
+            "format=onnx needs the onnx packages: pip install 'idmm[onnx]' (onnx, onnxscript, "
+            "onnxruntime)"
+        ) from None
+    size = model.pretrained_cfg["input_size"]
+    x = torch.randn(2, *size)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+        torch.onnx.export(model, (x,), str(tmp), dynamo=True, verbose=False,
+                          input_names=["image"], output_names=["output"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})  # fmt: skip
+    tmp.replace(path)
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"checked": False}
+    check = torch.randn(5, *size)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": check.numpy()})
+    with torch.no_grad():
+        want = model(check).numpy()
+    diff = float(abs(got - want).max())
+    if diff > 1e-3 * max(1.0, float(abs(want).max())):
+        raise RuntimeError(f"{path}: onnxruntime's outputs differ from torch's by {diff:.2e}")
+    return {"checked": True, "max_abs_diff": diff}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -143,6 +199,32 @@ def _image_files(inputs: list[str]) -> list[str]:
     return files
 
 
+def preprocessed(model: nn.Module, images: list[str], batch_size: int = 256):
+    """The image files under `images` (files or folders) as the model's input, the way idmm
+    evaluates: (paths in order, {path: reason} for unreadable ones, batches of (paths, tensor))."""
+    files = _image_files(images)
+    for f in files:
+        if not _is_image_name(Path(f).name):
+            raise DataError(f"{f} is not an image file name this tool reads")
+    pc = model.pretrained_cfg
+    size, crop = pc["input_size"][-1], pc["crop_pct"]
+    # An unreadable image does not stop the others: it gets an error entry with the reason
+    # instead (not the cache's warning); only when none is readable is it an error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cached = build_cache(Source("images", "test", files, None, []), round(size / crop),
+                             skip_bad=True)  # fmt: skip
+    kept = [files[i] for i in cached.kept]
+    errors = {files[i]: reason for i, reason in cached.errors.items()}
+
+    def batches():
+        for i in range(0, len(kept), batch_size):
+            x = eval_view(cached.images[i : i + batch_size], size, pc["mean"], pc["std"], crop)
+            yield kept[i : i + batch_size], x
+
+    return files, errors, batches()
+
+
 @torch.no_grad()
 def predict(checkpoint: str | Path, images: list[str], top_k: int = 5, batch_size: int = 256):
     """Top-k classes with probabilities for each image: [{"path", "predictions": [...]}]."""
@@ -153,27 +235,12 @@ def predict(checkpoint: str | Path, images: list[str], top_k: int = 5, batch_siz
             f"{checkpoint} is a pre-trained backbone without a classifier; fine-tune it first "
             "(idmm finetune init=... ) or use idmm run"
         )
-    files = _image_files(images)
-    for f in files:
-        if not _is_image_name(Path(f).name):
-            raise DataError(f"{f} is not an image file name this tool reads")
-    pc = model.pretrained_cfg
-    size, crop = pc["input_size"][-1], pc["crop_pct"]
-    # An unreadable image does not stop the others: it gets an "error" entry with the reason
-    # instead (not the cache's warning); only when none is readable is it an error.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cached = build_cache(Source("predict", "test", files, None, []), round(size / crop),
-                             skip_bad=True)  # fmt: skip
-    kept = [files[i] for i in cached.kept]
-    out = {files[i]: {"path": files[i], "predictions": [], "error": reason}
-           for i, reason in cached.errors.items()}  # fmt: skip
-    for i in range(0, len(kept), batch_size):
-        x = eval_view(cached.images[i : i + batch_size], size, pc["mean"], pc["std"], crop)
+    files, errors, batches = preprocessed(model, images, batch_size)
+    out = {f: {"path": f, "predictions": [], "error": reason} for f, reason in errors.items()}
+    for paths, x in batches:
         probs = model(x).float().softmax(-1)
         p, idx = probs.topk(min(top_k, len(classes)), dim=1)
-        for row_p, row_i, f in zip(p.tolist(), idx.tolist(), kept[i : i + batch_size]):
+        for row_p, row_i, f in zip(p.tolist(), idx.tolist(), paths):
             preds = [{"class": classes[j], "prob": q} for j, q in zip(row_i, row_p)]
             out[f] = {"path": f, "predictions": preds}
     return [out[f] for f in files]
-

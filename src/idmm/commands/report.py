@@ -132,7 +132,7 @@ def report(paths: list[str | Path], out: str | Path = "report.html") -> Path:
     if not runs:
         raise ConfigError("idmm report needs at least one run directory (with config.yaml)")
     loaded = [load_run(r) for r in runs]
-    out = check_out(Path(out), file=True)
+    out = check_out(Path(out), file="report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>idmm report: {len(loaded)} run(s)</h1>"]
     diff = differing_settings(loaded)

@@ -270,7 +270,9 @@ def _open_sklearn_digits(split: str) -> Source:
     try:  # scikit-learn is a dependency; a trimmed install may lack it
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("data=sklearn-digits needs scikit-learn; pip install scikit-learn") from None  # noqa: E501
+        raise DataError(
+            "data=sklearn-digits needs scikit-learn; pip install scikit-learn"
+        ) from None  # noqa: E501
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 grey levels
     labels = digits.target.astype(int)

@@ -101,7 +101,5 @@ class Supervised(Method):
 
     def forward(self, b: Batch):
         logits = self.backbone(b.x)
-        loss = mixed_soft_ce(
-            logits, b.target_a, b.target_b, b.lam, self.settings.label_smoothing
-        )
+        loss = mixed_soft_ce(logits, b.target_a, b.target_b, b.lam, self.settings.label_smoothing)
         return loss, {}
