@@ -92,6 +92,13 @@ def test_resume_with_another_model_fails_before_training(tmp_path, capsys):
     assert "trained with model='vit_test'" in err and "use the same model or another out=" in err
 
 
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, capsys):
+    """A mistyped out= with resume=true used to train from scratch after one info line."""
+    err = _fails_before_training(tmp_path, capsys, "resume=true")
+    assert "resume=true: nothing to resume at" in err and "check out=" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_yaml_recipe_cannot_run_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "evil.yaml"

@@ -410,6 +410,23 @@ def _after_failure(message: str, out: Path | None, existed: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _check_resume(args, out: Path | None) -> None:
+    """resume=true on a directory that holds no run is a mistyped out= far more often than a
+    wish to start anew: refuse it. (A run killed before its first checkpoint left config.yaml
+    and starts again; compare, transfer and sweep reuse what exists on their own.)"""
+    from .config import parse_overrides
+
+    if args.command not in ("pretrain", "finetune", "run") or out is None:
+        return
+    if parse_overrides(args.settings).get("resume", "").strip().lower() not in ("true", "yes", "1"):
+        return
+    if not (out / "config.yaml").is_file() and not _checkpoints(out):
+        raise ConfigError(
+            f"resume=true: nothing to resume at {out} (no idmm run there); check out= or "
+            "leave resume=true out to start the run"
+        )
+
+
 def _checkpoints(out: Path) -> list[Path]:
     return list(out.glob("**/checkpoints/last.ckpt"))
 
@@ -424,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     out = _out_dir(args)
     existed = out is not None and out.exists()
     try:
+        _check_resume(args, out)
         VERBS[args.command](args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"idmm: error: {e}", file=sys.stderr)
