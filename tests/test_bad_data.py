@@ -4,6 +4,7 @@ user asks (data.skip_bad=true). docs/robustness.md lists them with these test na
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,29 @@ def test_predict_reports_bad_images_and_predicts_the_rest(tmp_path, monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DataError, match="fine.png.*DecompressionBombError"):
         idmm.predict(run, [str(bad / "fine.png")])
+
+
+def test_skipped_images_are_a_log_line_on_the_console_and_in_train_log(tmp_path):
+    """From the command line a data warning is an idmm log line ("warning: ..."), also in
+    train.log, not Python's UserWarning text with a source line. (A subprocess: pytest records
+    the warnings of in-process code itself.)"""
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        for k in range(8):
+            write_image(root / c / f"{k}.png", k)
+    zero_bytes(root / "a" / "empty.png")
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "idmm", "pretrain", f"data={root}", "data.skip_bad=true",
+         "model=vit_test", "img_size=16", "batch_size=4", "epochs=1", "progress=log",
+         "threads=1", f"out={out}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = re.compile(r"\d\d:\d\d:\d\d warning: 1 of \d+ images of folder:")
+    assert line.search(done.stderr) and "empty.png" in done.stderr
+    assert "UserWarning" not in done.stderr and "warnings.warn" not in done.stderr
+    assert line.search((out / "train.log").read_text())

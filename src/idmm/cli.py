@@ -436,13 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     from .data.sources import DataError
     from .engine.checkpoint import CheckpointError
     from .engine.distributed import is_main_process, teardown
+    from .engine.log import warnings_as_log_lines
     from .engine.trainer import TrainingError
 
     out = _out_dir(args)
     existed = out is not None and out.exists()
     try:
         _check_resume(args, out)
-        VERBS[args.command](args)
+        with warnings_as_log_lines():
+            VERBS[args.command](args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"idmm: error: {e}", file=sys.stderr)
         if is_main_process():

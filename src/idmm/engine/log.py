@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 LOGGER = "idmm"
@@ -28,6 +30,28 @@ def setup_logging(log_file: Path | None, is_main: bool = True) -> logging.Logger
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log
+
+
+@contextlib.contextmanager
+def warnings_as_log_lines():
+    """Inside: a UserWarning (bad images skipped, recipe keys dropped) becomes an idmm log line,
+    "warning: ...", on the console and in train.log, instead of Python's category, file and
+    source line. It replaces `warnings.formatwarning`, not `showwarning`, so code that records
+    warnings (pytest.warns, catch_warnings(record=True)) still gets them."""
+    original = warnings.formatwarning
+
+    def as_log_line(message, category, filename, lineno, line=None):
+        log = logging.getLogger(LOGGER)
+        if not issubclass(category, UserWarning) or not log.handlers:
+            return original(message, category, filename, lineno, line)
+        log.warning(f"warning: {message}")
+        return ""  # already written by the log's handlers
+
+    warnings.formatwarning = as_log_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 def append_metrics(path: Path, record: dict) -> None:
