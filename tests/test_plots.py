@@ -92,3 +92,21 @@ def test_plot_confusion_writes_png(tmp_path, c):
 def test_plot_confusion_rejects_wrong_class_count(tmp_path):
     with pytest.raises(ValueError):
         plot_confusion(np.eye(3), ["a", "b"], tmp_path / "cm.png")
+
+
+def test_supervised_losses_get_their_own_axis_and_epochs_are_whole(tmp_path, monkeypatch):
+    import idmm.plots as plots_module
+
+    figures = []
+    monkeypatch.setattr(plots_module, "save_figure", lambda fig, path: figures.append(fig))
+    runs = {"IDMM pre-training": _records(30, "knn_top1_val"),
+            "fine-tuning": [{**r, "loss": r["loss"] / 10} if "loss" in r else r
+                            for r in _records(4, "val_top1")]}  # fmt: skip
+    plot_curves(runs, tmp_path / "c.png", right={"fine-tuning"})
+    loss, acc, twin = figures[0].axes  # the twin is added last
+    assert [line.get_label() for line in loss.get_lines()] == ["IDMM pre-training"]
+    assert [line.get_label() for line in twin.get_lines()] == ["fine-tuning"]
+    assert "supervised" in twin.get_ylabel()
+    assert loss.get_legend() is not None and len(loss.get_legend().get_texts()) == 2
+    for ax in (loss, acc):
+        assert all(float(t).is_integer() for t in ax.get_xticks())

@@ -44,6 +44,17 @@ def test_report_is_self_contained_and_complete(page):
     assert all(base64.b64decode(b).startswith(b"\x89PNG\r\n\x1a\n") for b in images)
 
 
+def test_report_lines_fine_tuning_up_after_pre_training_and_has_the_scratch_column(page):
+    from idmm.commands.report import load_run
+
+    run = load_run(page.parent / "run")
+    pre, ft = run["metrics"]["run IDMM pre-training"], run["metrics"]["run fine-tuning"]
+    assert [r["epoch"] for r in pre if "epoch" in r] == [1, 2]
+    assert [r["epoch"] for r in ft if "epoch" in r] == [3]  # 2 pre-training epochs before it
+    assert run["supervised"] == {"run fine-tuning", "run supervised from scratch"}
+    assert "<th>scratch top-1</th>" in page.read_text()
+
+
 @pytest.mark.skipif(not CHROMIUM and not REQUIRED, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(page, tmp_path):
     assert CHROMIUM, "IDMM_REQUIRE_CHROMIUM=1 but chromium is not installed (apt install chromium)"

@@ -52,13 +52,17 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "",
+                right: tuple[str, ...] | set[str] = ()) -> Path:  # fmt: skip
     """Loss (left) and accuracy in % (right) per epoch, one line per run (and accuracy key).
 
-    Records without "epoch" (evaluation records) are ignored. The accuracy panel is dropped when
-    no run logs accuracy. Raises ValueError when no run has any epoch record.
+    The losses of the runs named in `right` get their own axis on the right of the loss panel:
+    a supervised cross-entropy (~1) drawn on the scale of an N-way instance loss (~10) is a flat
+    line. Records without "epoch" (evaluation records) are ignored. The accuracy panel is dropped
+    when no run logs accuracy. Raises ValueError when no run has any epoch record.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     losses: dict[str, list[tuple[int, float]]] = {}
     accs: dict[tuple[str, str], list[tuple[int, float]]] = {}
@@ -82,17 +86,26 @@ def plot_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "") 
     ax = axes[0]
     # one colour per run in both panels; a run's accuracy keys differ by line style
     color = {label: f"C{i % 10}" for i, label in enumerate(runs)}
-    for label, pts in losses.items():
-        pts.sort()
-        ax.plot([e for e, _ in pts], [v for _, v in pts], label=label, color=color[label])
-    values = [v for pts in losses.values() for _, v in pts]
-    if values and min(values) > 0 and max(values) / min(values) > 20:
-        ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
+    left = {k: v for k, v in losses.items() if k not in right}
+    twin = {k: v for k, v in losses.items() if k in right}
+    loss_axes = [(ax, left or twin, "loss")]
+    if left and twin:
+        loss_axes.append((ax.twinx(), twin, "supervised loss (cross-entropy)"))
+    for axis, series, ylabel in loss_axes:
+        for label, pts in series.items():
+            pts.sort()
+            axis.plot([e for e, _ in pts], [v for _, v in pts], label=label, color=color[label])
+        values = [v for pts in series.values() for _, v in pts]
+        if values and min(values) > 0 and max(values) / min(values) > 20:
+            axis.set_yscale("log")
+        axis.set_ylabel(ylabel)
+    ax.set(xlabel="epoch", title="loss")
+    for a in axes:
+        a.grid(True, alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if losses:
-        axes[0].legend(fontsize=8)
+        handles = [h for axis, _, _ in loss_axes for h in axis.get_legend_handles_labels()[0]]
+        axes[0].legend(handles=handles, fontsize=8)
     if accs:
         ax = axes[1]
         styles: dict[str, list[str]] = {}

@@ -16,7 +16,9 @@ from typing import Any
 
 from .. import plots
 from ..config import ConfigError, load_yaml
+from ..methods import display_name
 from ..rundir import RunDir, check_out
+from .run import stage_curves
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -42,15 +44,17 @@ def load_run(path: Path) -> dict:
     """What the report needs of a run: config, results, metrics per stage, and its PNGs."""
     rd = RunDir(path).require()
     run = rd.path
-    metrics = {}
-    stages = ("pretrain", "finetune", "scratch") if rd.kind == "run" else ()
-    for stage in stages:
-        m = rd.stage(stage).metrics()
-        if m:
-            metrics[stage] = m
-    if rd.metrics():
-        metrics["train"] = rd.metrics()
     config = _flatten(load_yaml(rd.config_file))
+    metrics, supervised = {}, set()
+    if rd.kind == "run":  # fine-tuning on the epochs after pre-training, as in report.md
+        staged, supervised = stage_curves(rd, int(config.get("epochs", 0)),
+                                          display_name(config.get("method", "idmm")),
+                                          prefix=f"{run.name} ")  # fmt: skip
+        metrics = {k: v for k, v in staged.items() if v}
+    elif rd.metrics():
+        metrics[f"{run.name} train"] = rd.metrics()
+        if rd.kind == "finetune":
+            supervised = {f"{run.name} train"}
     results = rd.results()
     if rd.kind == "finetune":  # a classifier without pre-training in this directory
         config["method"] = "fine-tune" if config.get("init") else "scratch"
@@ -59,6 +63,7 @@ def load_run(path: Path) -> dict:
         "config": config,
         "results": results,
         "metrics": metrics,
+        "supervised": supervised,
         "confusion": sorted(run.glob("**/plots/confusion*.png")),
         "analysis": sorted(run.glob("analysis/plots/*.png")),
         "transfer": sorted(run.glob("plots/transfer.png")),
@@ -88,7 +93,9 @@ def accuracy_row(r: dict) -> dict[str, Any]:
         "kNN top-1": res.get("knn", {}).get("top1"),
         "linear top-1": res.get("linear", {}).get("top1"),
         "fine-tune top-1": ft.get("top1"),
+        "fine-tune val top-1": ft.get("val_top1"),
         "top-5": ft.get("top5"),
+        "scratch top-1": res.get("scratch", {}).get("top1"),
         "minutes": minutes / 60 if minutes else None,
     }
 
@@ -147,9 +154,10 @@ def report(paths: list[str | Path], out: str | Path = "report.html") -> Path:
     parts.append(_table(list(acc[0]), [list(a.values()) for a in acc]))
     parts.append("<h2>Training curves</h2>")
     curves = out.parent / f".{out.stem}_curves.png"
-    series = {f"{r['name']} {s}": m for r in loaded for s, m in r["metrics"].items()}
+    series = {label: m for r in loaded for label, m in r["metrics"].items()}
+    supervised = {label for r in loaded for label in r["supervised"]}
     if series:
-        plots.plot_curves(series, curves, title="loss and accuracy per epoch")
+        plots.plot_curves(series, curves, title="loss and accuracy per epoch", right=supervised)
         parts.append(_img(curves, "training curves", wide=True))
         curves.unlink()
     for title, key in (("Confusion matrices", "confusion"), ("Analyses", "analysis"),

@@ -15,6 +15,7 @@ config.yaml, splits.json, results.json, report.md and plots/ at the top.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 from .. import plots
@@ -103,22 +104,36 @@ def summary_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def write_report(out: RunDir, cfg, results: dict) -> None:
-    """report.md: the numbers, the recipe, the curves and the confusion matrix."""
-    # fine-tuning continues the pre-training's epoch count, so the from-scratch baseline (with as
-    # many epochs in total) lines up with the IDMM curves on one axis
-    shift = cfg.epochs
-    method = display_name(cfg.method)
+def stage_curves(out: RunDir, pretrain_epochs: int, method: str, prefix: str = ""):
+    """The per-epoch records of an `idmm run` directory's stages, for `plots.plot_curves`, and
+    the labels of the supervised ones (their loss gets its own axis). Fine-tuning continues the
+    pre-training's epoch count, so the from-scratch baseline (with as many epochs in total) lines
+    up with the IDMM curves on one axis."""
+    pre, ft, scratch = (f"{prefix}{method} pre-training", f"{prefix}fine-tuning",
+                        f"{prefix}supervised from scratch")  # fmt: skip
     runs = {
-        f"{method} pre-training": out.stage("pretrain").metrics(),
-        "fine-tuning": [
-            {**r, "epoch": r["epoch"] + shift} if "epoch" in r else r
+        pre: out.stage("pretrain").metrics(),
+        ft: [
+            {**r, "epoch": r["epoch"] + pretrain_epochs} if "epoch" in r else r
             for r in out.stage("finetune").metrics()
-        ],
+        ],  # fmt: skip
     }
     if out.stage("scratch").exists():
-        runs["supervised from scratch"] = out.stage("scratch").metrics()
-    plots.plot_curves(runs, out.plots / "curves.png", title=f"{cfg.data.source}")
+        runs[scratch] = out.stage("scratch").metrics()
+    return runs, {ft, scratch}
+
+
+def dataset_title(source: str) -> str:
+    """A dataset as a plot title: a folder or file by its name, not its absolute path."""
+    return Path(source).name if "/" in source else source
+
+
+def write_report(out: RunDir, cfg, results: dict) -> None:
+    """report.md: the numbers, the recipe, the curves and the confusion matrix."""
+    method = display_name(cfg.method)
+    runs, supervised = stage_curves(out, cfg.epochs, method)
+    plots.plot_curves(runs, out.plots / "curves.png", title=dataset_title(cfg.data.source),
+                      right=supervised)  # fmt: skip
     ft, knn_r, lin = results["finetune"], results["knn"], results["linear"]
     per_class = "\n".join(
         f"| {c} | {_pct(a)} |" for c, a in sorted(ft.get("per_class", {}).items())
