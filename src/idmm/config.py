@@ -236,7 +236,18 @@ def _problems(obj: Any) -> list[tuple[str, bool, str]]:
     need("img_size", lambda v: v is None or v >= 4, "at least 4 (or none)")
     need("eval_every", lambda v: v >= 1, "at least 1")
     need("stage2_epochs", lambda v: v >= 0, "0 (off) or more")
+    need("budget", lambda v: v is None or _is_duration(v), "a duration such as 90s, 20m, 2h")
     return checks
+
+
+def _is_duration(text: str) -> bool:
+    from .engine.budget import parse_duration
+
+    try:
+        parse_duration(text)
+    except ConfigError:
+        return False
+    return True
 
 
 def validate(cfg: Any, obj: Any = None, prefix: str = "") -> None:

@@ -108,6 +108,9 @@ class CommonConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     compile: bool = False  # torch.compile the training forward (GPU speed; ~30 s per new shape)
     resume: bool = False  # continue out/checkpoints/last.ckpt exactly
+    # A time limit for the whole command (20m, 2h, 1h30m): each stage's epochs are set after
+    # its first epoch so that all stages end within it (idmm.engine.budget); none = the epochs.
+    budget: str | None = None
     # A NaN/inf loss stops training (the last good checkpoint is kept); true skips the step
     # instead and counts it (metrics.jsonl, results.json: skipped_steps).
     skip_nonfinite: bool = False

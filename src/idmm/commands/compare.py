@@ -110,9 +110,10 @@ def _one(name: str, cfg: RunConfig, where: Path, splits_from: RunDir) -> dict:
         return _row(name, None, None, run_finetune(ft, inherit=splits_from), 0, ft.epochs, 0.0)
     c.method = variant.method if variant else name
     r = run(c)
-    pre = r.get("pretrain", {})
-    return _row(name, r["knn"], r["linear"], r["finetune"], c.epochs, c.finetune.epochs,
-                pre.get("time_s") or 0.0)  # fmt: skip
+    pre, ft = r.get("pretrain", {}), r["finetune"]
+    # the epochs that ran (budget= sets them), else the recipe's
+    return _row(name, r["knn"], r["linear"], ft, pre.get("epochs", c.epochs),
+                ft.get("epochs", c.finetune.epochs), pre.get("time_s") or 0.0)  # fmt: skip
 
 
 def _row(name, knn, linear, ft, pre_epochs, ft_epochs, pre_time) -> dict:

@@ -41,6 +41,7 @@ from ..config import (
 )
 from ..data.cache import CachedData
 from ..data.sources import DataError
+from ..engine.budget import Budget, finetune_cost
 from ..engine.distributed import Runtime, barrier
 from ..engine.log import use_bar
 from ..engine.trainer import Trainer
@@ -76,9 +77,14 @@ def finetune(config: Any = None, **overrides: Any) -> dict:
     return run_finetune(finetune_config(make_config(config, **overrides)))
 
 
-def run_finetune(cfg: FinetuneConfig, inherit: RunDir | None = None) -> dict:
-    """Fine-tuning with a built FinetuneConfig (`idmm run` calls this). Splits come from the run
-    directory itself (resume), else `inherit` or the `init` run when on the same data."""
+def run_finetune(cfg: FinetuneConfig, inherit: RunDir | None = None,
+                 budget: Budget | None = None, stage: str = "fine-tuning") -> dict:  # fmt: skip
+    """Fine-tuning with a built FinetuneConfig (`idmm run` calls this, with the budget of the
+    whole command). Splits come from the run directory itself (resume), else `inherit` or the
+    `init` run when on the same data."""
+    own_budget = budget is None and cfg.budget
+    if own_budget:
+        budget = Budget(cfg.budget, {})  # its clock starts now; its stages are planned below
     weights = None
     if cfg.init:
         weights, init_run = find_weights(cfg.init)
@@ -99,15 +105,26 @@ def run_finetune(cfg: FinetuneConfig, inherit: RunDir | None = None) -> dict:
     resolve(cfg, rt, train)
     if rt.is_main:
         run.write_config(cfg)
-    result = train_stage(cfg, rt, 1, data, run, weights, log)
+    if own_budget:
+        budget.planned = finetune_costs(cfg, stage)
+    result = train_stage(cfg, rt, 1, data, run, weights, log, budget, stage)
     if cfg.stage2_epochs:
         stage1 = result
         result = train_stage(stage2_config(cfg, rt.world_size), rt, 2, data, run.stage("stage2"),
-                             run.model, log)  # fmt: skip
+                             run.model, log, budget, f"{stage} stage 2")  # fmt: skip
         if rt.is_main:
             run.update_results("finetune_stage1", stage1)
             run.update_results("finetune", result)
     return result
+
+
+def finetune_costs(cfg, stage: str = "fine-tuning") -> dict[str, float]:
+    """The planned cost of fine-tuning's stages (budget=), named as run_finetune names them."""
+    size = cfg.img_size
+    costs = {stage: finetune_cost(cfg.epochs, size)}
+    if cfg.stage2_epochs:
+        costs[f"{stage} stage 2"] = finetune_cost(cfg.stage2_epochs, cfg.stage2_img_size or size)
+    return costs
 
 
 def find_weights(init: str | Path) -> tuple[Path, RunDir | None]:
@@ -216,7 +233,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list
 
 
 def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir, weights,
-                log) -> dict:  # fmt: skip
+                log, budget: Budget | None = None, name: str = "fine-tuning") -> dict:  # fmt: skip
     train = data.train
     run.path.mkdir(parents=True, exist_ok=True)
     if stage > 1 and rt.is_main:
@@ -240,7 +257,7 @@ def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir,
         f"{data.splits.test_from} ({len(test) if test is not None else 0} images)"
     )
     monitor = Monitor(cfg, model, data.val, rt)
-    summary = Trainer(cfg, method, train, rt, run, log, [monitor]).fit()
+    summary = Trainer(cfg, method, train, rt, run, log, [monitor], budget, name).fit()
     result = finish_stage(cfg, rt, monitor, summary, data, run, weights, log)
     barrier(rt)  # the next stage or command reads what rank 0 just wrote
     return result

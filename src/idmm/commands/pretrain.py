@@ -23,6 +23,7 @@ from ..builders import (
 )
 from ..config import PretrainConfig, RunConfig, pretrain_config, set_key
 from ..data.sources import DataError
+from ..engine.budget import Budget
 from ..engine.distributed import Runtime, barrier
 from ..engine.log import use_bar
 from ..engine.trainer import Trainer
@@ -42,8 +43,11 @@ def pretrain(config: Any = None, **overrides: Any) -> dict:
     return run_pretrain(pretrain_config(make_config(config, **overrides)))
 
 
-def run_pretrain(cfg: Any) -> dict:
-    """Pre-training with a built PretrainConfig (`idmm run` calls this); returns its results."""
+def run_pretrain(cfg: Any, budget: Budget | None = None) -> dict:
+    """Pre-training with a built PretrainConfig (`idmm run` calls this, with the budget of the
+    whole command); returns its results."""
+    if budget is None and cfg.budget:
+        budget = Budget(cfg.budget, {})  # the only stage: all of it
     rt, run, log = start_run(cfg)
     data = load_data(cfg, run, progress=rt.is_main and use_bar(cfg.progress), with_test=False)
     resolve(cfg, rt, data.train)
@@ -73,7 +77,7 @@ def run_pretrain(cfg: Any) -> dict:
         f"{cfg.epochs} epochs, batch {cfg.batch_size} x {rt.world_size}, lr {cfg.lr:.2e}, "
         f"{rt.device} {rt.precision}"
     )
-    summary = Trainer(cfg, method, train, rt, run, log, hooks).fit()
+    summary = Trainer(cfg, method, train, rt, run, log, hooks, budget, "pre-training").fit()
     results = {}
     if rt.is_main:
         export_backbone(cfg, backbone, run.backbone, cfg.method)

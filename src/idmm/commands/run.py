@@ -14,28 +14,31 @@ config.yaml, splits.json, results.json, report.md and plots/ at the top.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import plots
+from .. import models, plots
 from ..builders import make_config
 from ..config import FinetuneConfig, finetune_config, pretrain_config, run_config
+from ..engine.budget import Budget, pretrain_cost
 from ..engine.distributed import is_main_process
 from ..methods import display_name, get_method
 from ..rundir import RunDir
 from .evaluate import frozen_features, knn, linear
-from .finetune import run_finetune
+from .finetune import finetune_costs, run_finetune
 from .pretrain import run_pretrain
 
 
 def run(config: Any = None, **overrides: Any) -> dict:
     """The whole pipeline; returns the combined results (also in out/results.json)."""
     cfg = make_config(config, **overrides)
+    budget = Budget(cfg.budget, planned_costs(cfg)) if cfg.budget else None  # the clock starts
     out = RunDir(cfg.out)
     pre = pretrain_config(cfg)
     pre.out = str(out.stage("pretrain").path)
-    run_pretrain(pre)  # resolves pre's model, sizes and normalisation in place
+    run_pretrain(pre, budget)  # resolves pre's model, sizes and normalisation in place
     pre_run = out.stage("pretrain")
     where = {"device": pre.device, "precision": pre.precision}
     if cfg.threads:
@@ -49,12 +52,13 @@ def run(config: Any = None, **overrides: Any) -> dict:
     }
     ft = _stage(cfg, pre, out.stage("finetune"))
     ft.init = str(pre_run.path)
-    results["finetune"] = run_finetune(ft)
+    results["finetune"] = run_finetune(ft, budget=budget)
     if cfg.baseline:
         scratch = _stage(cfg, pre, out.stage("scratch"))
         scratch.init = None
         scratch.epochs = cfg.epochs + cfg.finetune.epochs  # the same total epochs
-        results["scratch"] = run_finetune(scratch, inherit=pre_run)
+        results["scratch"] = run_finetune(scratch, inherit=pre_run, budget=budget,
+                                          stage="scratch")  # fmt: skip
     if is_main_process():  # under torchrun, one process writes
         ran = run_config(pre, ft, cfg.baseline)  # what ran, resolved, in the recipe's shape
         ran.out = str(out.path)
@@ -63,6 +67,20 @@ def run(config: Any = None, **overrides: Any) -> dict:
         out.write_results(results)
         write_report(out, pre, results)
     return results
+
+
+def planned_costs(cfg) -> dict[str, float]:
+    """budget=: each stage's planned cost (its epochs x pixels per image), as the stages name
+    themselves; the sizes resolved as the stages will resolve them."""
+    size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)[1]
+    f = cfg.finetune
+    ft = dataclasses.replace(f, img_size=f.img_size or size)
+    costs = {"pre-training": pretrain_cost(cfg.epochs, size, cfg.aug),
+             **finetune_costs(ft, "fine-tuning")}  # fmt: skip
+    if cfg.baseline:
+        scratch = dataclasses.replace(ft, epochs=cfg.epochs + f.epochs)
+        costs.update(finetune_costs(scratch, "scratch"))
+    return costs
 
 
 def _stage(cfg, pre, run: RunDir) -> FinetuneConfig:

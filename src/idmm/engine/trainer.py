@@ -26,6 +26,7 @@ from ..data.cache import CachedData
 from ..methods.base import Method
 from ..methods.sharded_head import gather_rows, local_rows
 from ..rundir import RunDir
+from .budget import Budget, epochs_within
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Runtime, all_reduce_mean, all_reduce_sum
 from .log import tensorboard, use_bar
@@ -76,9 +77,12 @@ class Trainer:
         run: RunDir,
         log,
         hooks: list[Hook] = (),
+        budget: Budget | None = None,
+        stage: str = "train",
     ):
         self.cfg, self.method, self.data, self.rt = cfg, method, data, rt
         self.run, self.log, self.hooks = run, log, list(hooks)
+        self.budget, self.stage = budget, stage  # budget=: epochs set after the first one
         self.tb = None  # a TensorBoard writer, opened by fit() (rank 0, when installed)
         self.ckpt_path = run.checkpoint
         method.to(rt.device)
@@ -189,6 +193,13 @@ class Trainer:
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
         self.train_time_s = ckpt.get("train_time_s", 0.0)
+        if self.budget is not None and saved["epochs"] != self.cfg.epochs:
+            self.cfg.epochs = saved["epochs"]  # the epochs its budget gave it when it started
+            self.total_steps = self.steps_per_epoch * self.cfg.epochs
+            if self.rt.is_main:
+                self.run.write_config(self.cfg)
+                self.log.info(f"budget={self.budget.text}: {self.cfg.epochs} epochs, as decided "
+                              "when the run started")  # fmt: skip
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.rt.is_main:
             self.run.drop_metrics_after(self.epoch)
@@ -197,6 +208,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
+        allowed = None  # seconds this stage may take (budget=), decided at its start
         if cfg.resume and self.ckpt_path.is_file():
             self.resume()
         else:
@@ -204,6 +216,9 @@ class Trainer:
                 self.log.info(f"resume=true but no checkpoint at {self.ckpt_path}: starting anew")
             torch.manual_seed(epoch_seed(cfg.seed, 0, 0))
             self.method.on_train_start(self.images)
+            if self.budget is not None:
+                allowed = self.budget.share(self.stage)
+        earlier_s = self.train_time_s  # of an earlier invocation, when resumed
         start = time.perf_counter()
         seen = 0
         last = {}
@@ -228,6 +243,10 @@ class Trainer:
                 last["skipped_steps"] = self.skipped_steps
             for hook in self.hooks:
                 last.update(hook(self.epoch))
+            # budget=: the epochs after the first one, checked again at a tenth of them (the
+            # pace of the first epoch can mislead), both still early in the schedule
+            if allowed is not None and self.epoch in (1, max(3, cfg.epochs // 10)):
+                self.set_epochs(allowed, (time.perf_counter() - start) / self.epoch)
             self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
                 self.run.append_metrics(last)
@@ -239,12 +258,17 @@ class Trainer:
             self.save()
             if self.rt.is_main:
                 extra = "".join(f" {k} {v:.4f}" for k, v in last.items() if "top" in k)
+                eta = f", ~{(cfg.epochs - self.epoch) * dt / 60:.1f} min to go"
+                if self.budget is not None:
+                    eta += f" (budget: {self.budget.left() / 60:.1f} min left)"
                 self.log.info(
                     f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} lr {last['lr']:.2e} "
-                    f"{last['images_per_s']:.0f} img/s{extra}"
+                    f"{last['images_per_s']:.0f} img/s{extra}{eta}"
                 )
         if self.tb is not None:
             self.tb.close()
+        if self.budget is not None:
+            self.budget.finished(self.stage, earlier_s)
         total = time.perf_counter() - start
         if not seen:
             return {}  # resumed a finished run: nothing new to report
@@ -256,6 +280,23 @@ class Trainer:
             "peak_memory_mb": peak_memory_mb(self.rt.device),
             "skipped_steps": self.skipped_steps,
         }
+
+    def set_epochs(self, allowed: float, epoch_s: float) -> None:
+        """budget=: as many epochs as fit in this stage's share at the pace so far, written to
+        config.yaml (and so to every checkpoint: resume keeps them)."""
+        cfg, asked = self.cfg, self.cfg.epochs
+        epochs = max(self.epoch, epochs_within(allowed, epoch_s))
+        if self.epoch > 1 and epochs == asked:
+            return
+        cfg.epochs = epochs
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if self.rt.is_main:
+            self.run.write_config(cfg)
+            self.log.info(
+                f"budget={self.budget.text}: {self.stage} may take {allowed / 60:.1f} min; at "
+                f"{epoch_s:.1f} s an epoch that is {cfg.epochs} epochs (planned: {asked}); "
+                f"{self.budget.left() / 60:.1f} min left for the whole command"
+            )
 
     def train_epoch(self) -> float:
         cfg, rt = self.cfg, self.rt
@@ -290,7 +331,8 @@ class Trainer:
             speed = (i + 1) * per_step / (time.perf_counter() - t0)
             lr = self.opt.param_groups[0]["lr"]
             mean = total / max(1, finite)
-            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.0f}")
+            left = {} if self.budget is None else {"left": f"{self.budget.left() / 60:.1f}m"}
+            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.0f}", **left)
         return all_reduce_mean(total / max(1, finite), rt)
 
     def non_finite(self, value: float, lr: float) -> None:
