@@ -3,13 +3,7 @@ import torch
 
 from idmm.builders import build_backbone
 from idmm.config import ConfigError, build_config
-from idmm.models import create_backbone, resolve_model, set_fused_attention
-
-
-def test_auto_model_per_dataset():
-    assert resolve_model("auto", None, "fashion-mnist") == ("vit_cpu_small", 28)
-    assert resolve_model("auto", None, "flowers102") == ("deit_tiny_patch16_224", 112)
-    assert resolve_model("vit_cpu", 32, "x") == ("vit_cpu", 32)
+from idmm.models import create_backbone, set_fused_attention
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
-from . import models
+from . import auto, models
 from .config import ConfigError, RunConfig, build_config, set_key
 from .data import memmap
 from .data import splits as splitting
@@ -57,7 +57,8 @@ def start_run(cfg: Any) -> tuple[Runtime, RunDir, logging.Logger]:
     log = setup_logging(run.log_file, rt.is_main)
     if rt.is_main:
         run.record_invocation()
-    cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
+    if cfg.model == "auto" or cfg.img_size is None:  # from the images' number and size
+        cfg.model, cfg.img_size = auto.resolve_model(cfg, training_source(cfg))
     return rt, run, log
 
 
@@ -204,12 +205,18 @@ def data_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 # -- settings that depend on the data and the machine --------------------------------------------
 def resolve(cfg: Any, rt: Runtime, train: CachedData | None) -> None:
     """Fill the "auto"/None settings every training stage has, so config.yaml says what ran."""
-    cfg.model, cfg.img_size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)
-    if cfg.batch_size is None and train is not None:
+    auto_batch = cfg.batch_size is None
+    if auto_batch and train is not None:
         cfg.batch_size = auto_batch_size(len(train), rt.world_size)
         LOG.info(f"batch_size=auto -> {cfg.batch_size} per process ({len(train)} training images "
                  f"on {rt.world_size} process(es): 256 as the paper, smaller where an epoch "
                  "would have fewer than 6 steps)")  # fmt: skip
+    if train is not None:  # before lr is scaled by the batch: the check may halve it
+        aug = getattr(cfg, "aug", None)  # fine-tuning: one view at img_size
+        views = [(1, cfg.img_size)] if aug is None else [
+            (aug.global_crops, cfg.img_size), (aug.local_crops, aug.local_size or cfg.img_size)]
+        model = models.create_backbone(cfg.model, cfg.img_size, dynamic_img_size=aug is not None)
+        auto.check_memory(cfg, model, views, rt, auto_batch)
     cfg.global_batch_size = cfg.batch_size * rt.world_size
     if cfg.lr is None:
         cfg.lr = cfg.base_lr * cfg.global_batch_size / 256

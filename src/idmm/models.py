@@ -18,7 +18,6 @@ from timm.layers import HybridEmbed, resample_abs_pos_embed
 from torch import nn
 
 from .config_types import ConfigError
-from .data.sources import dataset_key
 from .engine.checkpoint import atomic_write
 
 
@@ -69,19 +68,9 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "vit_test": ("vit_tiny_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=2)),
 }
 
-# Small, low-resolution datasets get the CPU preset at their native size by default.
+# Small, low-resolution datasets get the CPU preset at their native size by default (idmm.auto).
 # (8x8 digits are upsampled to 16 px: a 4x4 token grid at patch 4)
 SMALL_DATASETS = {"fashion-mnist": 28, "fmnist-2040": 28, "sklearn-digits": 16}
-
-
-def resolve_model(model: str, img_size: int | None, source: str) -> tuple[str, int]:
-    """Resolve `model=auto` and `img_size=None` (logged in the run's config.yaml)."""
-    small = SMALL_DATASETS.get(dataset_key(source))
-    if model == "auto":
-        model = "vit_cpu_small" if small else "deit_tiny_patch16_224"
-    if img_size is None:
-        img_size = small if small else 112
-    return model, img_size
 
 
 def create_backbone(

@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import models, plots
-from ..builders import make_config
+from .. import auto, plots
+from ..builders import make_config, training_source
 from ..config import FinetuneConfig, finetune_config, pretrain_config, run_config
 from ..engine.budget import Budget, pretrain_cost
 from ..engine.distributed import is_main_process
@@ -72,7 +72,7 @@ def run(config: Any = None, **overrides: Any) -> dict:
 def planned_costs(cfg) -> dict[str, float]:
     """budget=: each stage's planned cost (its epochs x pixels per image), as the stages name
     themselves; the sizes resolved as the stages will resolve them."""
-    size = models.resolve_model(cfg.model, cfg.img_size, cfg.data.source)[1]
+    size = auto.resolve_model(cfg, training_source(cfg), log=False)[1]
     f = cfg.finetune
     ft = dataclasses.replace(f, img_size=f.img_size or size)
     costs = {"pre-training": pretrain_cost(cfg.epochs, size, cfg.aug),

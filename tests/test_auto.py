@@ -1,0 +1,80 @@
+"""model=auto / img_size=auto from the data and the machine, and the memory check before a run."""
+
+import types
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from idmm import auto, cli
+from idmm.config import ConfigError, build_config
+from idmm.data.sources import open_source
+from idmm.models import create_backbone
+
+
+def _cfg(**overrides):
+    return build_config(overrides=overrides)
+
+
+def test_known_datasets_and_the_gpu_keep_their_sizes():
+    assert auto.resolve_model(_cfg(data="fashion-mnist"), log=False) == ("vit_cpu_small", 28)
+    gpu = _cfg(data="flowers102", device="cuda")
+    assert auto.resolve_model(gpu, log=False) == ("deit_tiny_patch16_224", 112)
+    fixed = _cfg(model="vit_cpu", img_size=32)
+    assert auto.resolve_model(fixed, log=False) == ("vit_cpu", 32)
+
+
+@pytest.mark.parametrize("n,side,size", [
+    (200, 300, 64),     # few images: as large as 64 px
+    (2000, 300, 32),    # ~FMNIST-2040's count: 32 px
+    (10000, 300, 16),   # many: 16 px
+    (200, 40, 40),      # never above the images' own size
+    (2000, 20, 16),     # nor below 16
+])  # fmt: skip
+def test_cpu_size_keeps_an_epoch_to_the_cpu_recipes_pixels(n, side, size):
+    assert auto.cpu_size(n, side) == size
+
+
+def test_native_side_reads_headers_of_a_folder(tmp_path):
+    for name, wh in (("a", (300, 200)), ("b", (100, 100)), ("c", (50, 80))):
+        (tmp_path / "x" / name).mkdir(parents=True)
+        Image.new("RGB", wh).save(tmp_path / "x" / name / "0.png")
+    assert auto.native_side(open_source(str(tmp_path / "x"))) == 100  # median shorter side
+
+
+def test_a_folder_on_the_cpu_gets_the_cpu_recipes_model_at_its_size(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (48, 40), (40 * i, 100 * c, 0)).save(root / f"c{c}" / f"{i}.png")
+    out = tmp_path / "run"
+    assert cli.main(["pretrain", f"data={root}", "epochs=1", "progress=log", "threads=1",
+                     "device=cpu", f"out={out}"]) == 0  # fmt: skip
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["model"], saved["img_size"]) == ("vit_cpu_small_conv", 40)
+    log = (out / "train.log").read_text()
+    assert "model=auto/img_size=auto -> vit_cpu_small_conv at 40 px: a CPU" in log
+    assert "memory: ~" in log and "GB free" in log
+
+
+def _rt(precision="fp32"):
+    return types.SimpleNamespace(precision=precision, device=torch.device("cpu"))
+
+
+def test_memory_check_halves_an_automatic_batch_and_refuses_a_fixed_one(monkeypatch):
+    model = create_backbone("deit_tiny_patch16_224", 112)
+    per_image = 2 * auto.activation_bytes(model, 112, 4)
+    monkeypatch.setattr(auto, "available_bytes", lambda device: 40 * per_image)
+    cfg = types.SimpleNamespace(batch_size=256)
+    auto.check_memory(cfg, model, [(2, 112)], _rt(), auto_batch=True)
+    assert cfg.batch_size == 16  # the first halving under 80% of 40 images' worth
+    cfg.batch_size = 256
+    with pytest.raises(ConfigError, match=r"batch_size=256 needs ~.* GB .* batch_size<=\d+"):
+        auto.check_memory(cfg, model, [(2, 112)], _rt(), auto_batch=False)
+    cfg.batch_size = 8
+    auto.check_memory(cfg, model, [(2, 112)], _rt(), auto_batch=False)  # fits: unchanged
+    assert cfg.batch_size == 8
+    # bf16 keeps half the bytes
+    assert auto.activation_bytes(model, 112, 2) == auto.activation_bytes(model, 112, 4) / 2
