@@ -99,7 +99,9 @@ def resolve_model(cfg: Any, src=None, log: bool = True) -> tuple[str, int]:
 
 
 # -- memory --------------------------------------------------------------------------------------
-EAGER_FACTOR = 2.5  # measured: eager PyTorch keeps ~2.5x the count below (docs/benchmarks.md)
+# Measured here (docs/benchmarks.md, *Memory*): eager PyTorch keeps ~1.2x the count below in
+# fp32 and ~1.4x its 2-byte size under bf16 autocast (some activations stay fp32).
+EAGER_FACTOR = {4: 1.2, 2: 1.4}
 
 
 def activation_bytes(model, size: int, bytes_per_value: int) -> float:
@@ -112,7 +114,7 @@ def activation_bytes(model, size: int, bytes_per_value: int) -> float:
     tokens = (size // patch) ** 2 + getattr(model, "num_prefix_tokens", 1)
     width, heads = model.embed_dim, blocks[0].attn.num_heads
     per_block = tokens * width * (34 + 5 * heads * tokens / width) / 2 * bytes_per_value
-    return EAGER_FACTOR * len(blocks) * per_block
+    return EAGER_FACTOR[bytes_per_value] * len(blocks) * per_block
 
 
 def available_bytes(device) -> float | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import shutil
 import sys
@@ -146,17 +147,24 @@ def _parser() -> argparse.ArgumentParser:
                     "coverage_steps=30]")  # fmt: skip
     rp = sub.add_parser("report", help="one self-contained HTML page comparing runs")
     rp.add_argument("settings", nargs="+", metavar="RUN_DIR ... [out=report.html]")
-    sub.add_parser("keys", help="list every config key")
+    ks = sub.add_parser("keys", help="every config key: default, type and what it does "
+                        "(idmm keys aug: only the aug.* keys)")  # fmt: skip
+    ks.add_argument("prefix", nargs="?", default="", help="only the keys starting with this")
     sub.add_parser("recipes", help="list the recipes inside the package (--config NAME)")
     return p
 
 
-def _defaults() -> list[str]:
-    """`key=default  # what it is` for every config key, a section at a time."""
-    from .config import RunConfig, all_keys, key_notes, to_dict
+def _defaults(prefix: str = "") -> list[str]:
+    """`key (type) = default  # what it is` for every config key (or those under `prefix`), a
+    section at a time."""
+    from .config import RunConfig, all_keys, key_notes, key_types, to_dict
 
     defaults, lines, notes, section = to_dict(RunConfig()), [], key_notes(), None
-    for key in all_keys():
+    types = key_types()
+    keys = [k for k in all_keys() if k.startswith(prefix)]
+    if not keys:
+        raise ConfigError(f"no config key starts with '{prefix}'; `idmm keys` lists them all")
+    for key in keys:
         value = defaults
         for part in key.split("."):
             value = value[part]
@@ -165,7 +173,8 @@ def _defaults() -> list[str]:
             section = head
             lines.append(f"\n[{head}]" if head else "[top level: pre-training and common keys]")
         text = f"{key}={value}"
-        lines.append(f"{text:<40} # {notes[key]}" if notes.get(key) else text)
+        typed = f"{text:<36} {'(' + types[key] + ')':<22}"
+        lines.append(f"{typed} # {notes[key]}" if notes.get(key) else typed.rstrip())
     return lines
 
 
@@ -379,7 +388,7 @@ VERBS = {
     "embed": _embed,
     "analyze": _analyze,
     "report": _report,
-    "keys": lambda args: print("\n".join(_defaults())),
+    "keys": lambda args: print("\n".join(_defaults(args.prefix))),
     "recipes": lambda args: print("\n".join(_recipes())),
 }
 
@@ -457,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("idmm: interrupted; continue with resume=true", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `idmm keys | head`: the reader has gone; nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     finally:
         # Under torchrun, exiting with the gloo group alive lets its threads abort the process
         # at interpreter shutdown ("terminate called without an active exception").

@@ -69,6 +69,20 @@ def key_notes(cls: type = RunConfig, prefix: str = "") -> dict[str, str]:
     return notes
 
 
+def key_types(cls: type = RunConfig, prefix: str = "") -> dict[str, str]:
+    """Each key's type as a user reads it: int, float, str, bool, a list, `| auto`..."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(key_types(tp, f"{prefix}{f.name}."))
+            continue
+        text = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        out[f"{prefix}{f.name}"] = text.replace(" | None", " | auto").replace("NoneType", "auto")
+    return out
+
+
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
