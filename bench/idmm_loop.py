@@ -16,16 +16,21 @@ from step_flops import step_gflop
 
 from idmm.builders import build_method, load_data, make_config, resolve, runtime
 from idmm.engine.trainer import Trainer
+from idmm.models import set_fused_attention
 from idmm.rundir import RunDir
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs/cpu/fmnist2040.yaml"
 
 
 class IdmmLoop:
-    def __init__(self, case: dict, folder: str):
+    def __init__(self, case: dict, folder: str, precision: str = "auto", compile: bool = False,
+                 fused_attn: bool | None = None, channels_last: bool = False):  # fmt: skip
+        """The trainer's step; `precision`, `compile` as the config keys; `fused_attn` and
+        `channels_last` (the conv stem's memory format) to try other CPU paths."""
         self.tmp = tempfile.mkdtemp()
         cfg = make_config(RECIPE, model=case["model"], img_size=case["size"],
                           batch_size=case["batch"], out=self.tmp, epochs=1000, progress="log",
+                          precision=precision, compile=compile,
                           **{"aug.local_size": case["local"], "data.source": folder,
                              "data.subset_per_class": None})  # fmt: skip
         rt = runtime(cfg)
@@ -34,6 +39,11 @@ class IdmmLoop:
         self.cache_s = time.perf_counter() - t  # decoded once per run, not per epoch
         resolve(cfg, rt, data)
         method = build_method(cfg, rt, len(data), len(data.classes))
+        if fused_attn is not None:
+            set_fused_attention(method.backbone, fused_attn)
+        if channels_last:
+            method.to(memory_format=torch.channels_last)
+            data.images = data.images.contiguous(memory_format=torch.channels_last)
         self.trainer = Trainer(cfg, method, data, rt, RunDir(self.tmp), logging.getLogger("bench"))
         self.cfg, self.rt, self.data_s = cfg, rt, 0.0
         prepare = method.prepare

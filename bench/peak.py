@@ -18,11 +18,13 @@ def _gflops(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
     return 2 * n * k * b.shape[1] / best / 1e9
 
 
-def matmul_peak(sizes=(512, 1024, 2048), repeats: int = 5) -> dict[str, float]:
-    """Best GFLOP/s of a square matmul over a few sizes, for fp32 and bf16 (torch's own kernels,
+def matmul_peak(sizes=(512, 1024, 2048), repeats: int = 5,
+                precisions=("fp32", "bf16")) -> dict[str, float]:  # fmt: skip
+    """Best GFLOP/s of a square matmul over a few sizes, per precision (torch's own kernels,
     with the threads set in this process): the highest rate any model step could reach."""
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for name, dtype in ((p, dtypes[p]) for p in precisions):
         rates = []
         for n in sizes:
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

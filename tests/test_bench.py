@@ -50,12 +50,24 @@ def test_summary_and_mfu_arithmetic():
     assert s["achieved_gflops"] == 20.0
     r = {k: dict(s) for k in throughput.PIPELINES}
     throughput.add_mfu(r, {"fp32": 40.0, "bf16": 80.0})
-    assert r["idmm"]["mfu"] == 0.25
+    assert r["idmm_fp32"]["mfu"] == 0.25  # each against the peak of its own precision
+
+
+def test_only_the_precisions_the_cpu_has_are_timed(monkeypatch):
+    import idmm.engine.distributed as dist
+
+    for has, expected in (
+        (False, ("reference", "idmm_fp32")),
+        (True, ("reference", "idmm_fp32", "reference_bf16", "idmm_bf16")),
+    ):
+        monkeypatch.setattr(dist, "cpu_has_bf16", lambda has=has: has)
+        assert throughput.pipelines() == expected
 
 
 def test_matmul_peak_is_measured():
     peaks = matmul_peak(sizes=(128,), repeats=2)
     assert set(peaks) == {"fp32", "bf16"} and all(v > 0 for v in peaks.values())
+    assert set(matmul_peak(sizes=(128,), repeats=1, precisions=("fp32",))) == {"fp32"}
 
 
 def test_raw_pixel_references_on_digits():

@@ -148,3 +148,17 @@ def test_keys_lists_every_key_with_its_default_and_meaning(capsys):
         assert f"\n{key}=" in out, key
     assert "data.val_fraction=0.1" in out and "# of the training images held out" in out
     assert "[idmm]" in out and "idmm.head_init=random" in out
+
+
+def test_every_key_has_a_type_and_a_description(capsys):
+    from idmm.cli import main
+    from idmm.config import all_keys, key_notes, key_types
+
+    notes, types = key_notes(), key_types()
+    assert [k for k in all_keys() if not notes.get(k)] == []
+    assert types["budget"] == "str | auto" and types["aug.local_crops"] == "int"
+    assert main(["keys", "aug."]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "=" in x]
+    assert lines and all(x.startswith("aug.") and "(" in x and "#" in x for x in lines)
+    assert main(["keys", "nosuch"]) == 2
+    assert "no config key starts with 'nosuch'" in capsys.readouterr().err

@@ -213,8 +213,14 @@ def resolve(cfg: Any, rt: Runtime, train: CachedData | None) -> None:
                  "would have fewer than 6 steps)")  # fmt: skip
     if train is not None:  # before lr is scaled by the batch: the check may halve it
         aug = getattr(cfg, "aug", None)  # fine-tuning: one view at img_size
-        views = [(1, cfg.img_size)] if aug is None else [
-            (aug.global_crops, cfg.img_size), (aug.local_crops, aug.local_size or cfg.img_size)]
+        views = (
+            [(1, cfg.img_size)]
+            if aug is None
+            else [
+                (aug.global_crops, cfg.img_size),
+                (aug.local_crops, aug.local_size or cfg.img_size),
+            ]
+        )
         model = models.create_backbone(cfg.model, cfg.img_size, dynamic_img_size=aug is not None)
         auto.check_memory(cfg, model, views, rt, auto_batch)
     cfg.global_batch_size = cfg.batch_size * rt.world_size

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path

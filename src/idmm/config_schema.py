@@ -55,19 +55,19 @@ class DataConfig:
 
 @dataclass
 class AugConfig:
-    global_crops: int = 2
-    local_crops: int = 4
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
+    global_crops: int = 2  # global crops per image, img_size px each
+    local_crops: int = 4  # local crops per image, aug.local_size px each; 0 = none
+    global_scale: tuple[float, float] = (0.14, 1.0)  # RandomResizedCrop area range of global crops
+    local_scale: tuple[float, float] = (0.05, 0.4)  # RandomResizedCrop area range of local crops
     local_size: int | None = None  # None = the global crop size (the official code's choice)
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    color_jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # bright/contr/sat/hue
+    color_jitter_p: float = 0.8  # probability of colour jitter, per crop
+    grayscale_p: float = 0.2  # probability of grayscale, per crop
+    blur_p: float = 0.5  # probability of Gaussian blur, per crop
     # Blur sigma in pixels of a 112-px crop (the paper's resolution); scaled with the crop size so
     # that a 28-px Fashion-MNIST crop is blurred as much, relatively, as a 112-px photo.
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    flip_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma (lo, hi) in px of a 112-px crop, scaled
+    flip_p: float = 0.5  # probability of a horizontal flip, per crop
 
     def problems(self) -> list[tuple[str, bool, str]]:
         scale = "(lo, hi) with 0 < lo <= hi <= 1"
@@ -84,7 +84,7 @@ class LinearConfig:
     """Linear probe on frozen features: every lr of the grid trains in one pass."""
 
     lrs: tuple[float, ...] = DEFAULT_LRS  # SGD on standardised features
-    epochs: int = 100
+    epochs: int = 100  # training epochs of the probe (every lr)
     val_fraction: float = 0.2  # without a validation split: held out of train to choose the lr
 
     def problems(self) -> list[tuple[str, bool, str]]:
@@ -100,9 +100,9 @@ class CommonConfig:
     """What every stage has: data, where it runs and writes, and how."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    out: str = "runs/idmm"
+    out: str = "runs/idmm"  # the run directory: config, checkpoints, results
     model: str = "auto"  # any timm model name or a preset from idmm.models.PRESETS
-    seed: int = 0
+    seed: int = 0  # initial weights, augmentation, data order (splits: data.split_seed)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
@@ -110,35 +110,35 @@ class CommonConfig:
     resume: bool = False  # continue out/checkpoints/last.ckpt exactly
     # A time limit for the whole command (20m, 2h, 1h30m): each stage's epochs are set after
     # its first epoch so that all stages end within it (idmm.engine.budget); none = the epochs.
-    budget: str | None = None
+    budget: str | None = None  # e.g. 20m, 2h: the whole command within it
     # A NaN/inf loss stops training (the last good checkpoint is kept); true skips the step
     # instead and counts it (metrics.jsonl, results.json: skipped_steps).
-    skip_nonfinite: bool = False
+    skip_nonfinite: bool = False  # skip a NaN/inf-loss step instead of stopping
     overwrite: bool = False  # start afresh in an out= that already holds a run
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512  # images per batch in evaluation (features, validation)
     progress: str = "auto"  # auto (a bar on a terminal) | bar | log
     # Recorded, not set: batch_size x processes (under torchrun), which `lr` was scaled by.
-    global_batch_size: int | None = None
+    global_batch_size: int | None = None  # recorded by the run; leave unset
     linear: LinearConfig = field(default_factory=LinearConfig)
 
 
 @dataclass
 class _Pretrain(CommonConfig):
-    method: str = "idmm"
-    img_size: int | None = None  # None = auto (28 for Fashion-MNIST, 112 otherwise)
-    epochs: int = 100
+    method: str = "idmm"  # idmm | simclr | supcon | dino | supervised
+    img_size: int | None = None  # None = auto: from the images and the device (idmm.auto)
+    epochs: int = 100  # pre-training epochs (with budget=, set after the first)
     batch_size: int | None = None  # None/auto: 256 (the paper), fewer on small data
     lr: float | None = None  # None = base_lr * batch_size / 256
-    base_lr: float = 5e-4
-    min_lr: float = 0.0
-    weight_decay: float = 1e-3
-    warmup_epochs: float = 2.0
-    clip_grad: float | None = None
-    drop_path: float = 0.1
+    base_lr: float = 5e-4  # peak lr at a global batch of 256 (see lr)
+    min_lr: float = 0.0  # the lr at the end of the cosine decay
+    weight_decay: float = 1e-3  # AdamW weight decay (DINO: dino.weight_decay)
+    warmup_epochs: float = 2.0  # linear lr warm-up, in epochs (fractions allowed)
+    clip_grad: float | None = None  # total gradient-norm clip; None/0 = off
+    drop_path: float = 0.1  # stochastic-depth rate of the backbone
     knn_every: int = 0  # online kNN monitor (on the validation split) every N epochs; 0 = off
     snapshot_every: int = 0  # snapshots/epoch_N.safetensors every N epochs
-    knn_k: tuple[int, ...] = (10, 20, 100, 200)
-    knn_temperature: float = 0.07
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)  # k values of the kNN monitor/eval (top1: k=20)
+    knn_temperature: float = 0.07  # T of the kNN vote weights exp(cosine / T)
     aug: AugConfig = field(default_factory=AugConfig)
 
 
@@ -159,24 +159,24 @@ class FinetuneSettings(SupervisedConfig):
     `finetune.*` section of a recipe, and the top level of a fine-tuning run's config."""
 
     init: str | None = None  # a run directory or a .safetensors file; None = from scratch
-    epochs: int = 100
+    epochs: int = 100  # fine-tuning epochs (with budget=, set after the first)
     img_size: int | None = None  # None = the pre-training img_size (the paper: 112 -> 224)
     batch_size: int | None = None  # None/auto: 256 (the paper), fewer on small data
     lr: float | None = None  # None = base_lr * batch_size / 256
-    base_lr: float = 5e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-3
-    warmup_epochs: float = 2.0
-    clip_grad: float | None = None
-    drop_path: float = 0.1
+    base_lr: float = 5e-4  # peak lr at a global batch of 256 (see lr)
+    min_lr: float = 1e-6  # the lr at the end of the cosine decay
+    weight_decay: float = 1e-3  # AdamW weight decay
+    warmup_epochs: float = 2.0  # linear lr warm-up, in epochs (fractions allowed)
+    clip_grad: float | None = None  # total gradient-norm clip; None/0 = off
+    drop_path: float = 0.1  # stochastic-depth rate of the backbone
     # "random" (the paper) or "probe": with init=, the new head starts as a linear probe of the
     # pre-trained features (LP-FT), so its first gradients do not scramble them
-    head_init: str = "random"
+    head_init: str = "random"  # random | probe (LP-FT: a linear-probe head)
     eval_every: int = 1  # validation accuracy every N epochs (and always after the last)
     # An optional second stage at a higher resolution (the paper's 224 -> 448), starting from
     # the first stage's model; 0 epochs = no second stage.
-    stage2_img_size: int | None = None
-    stage2_epochs: int = 0
+    stage2_img_size: int | None = None  # second-stage image size; None = img_size
+    stage2_epochs: int = 0  # second-stage epochs; 0 = no second stage
     stage2_batch_size: int | None = None  # None = batch_size (the paper: 128)
     stage2_base_lr: float = 1e-4  # the paper: lr 5e-5 at batch 128
 
@@ -191,7 +191,7 @@ class RunConfig(PretrainConfig):  # type: ignore[misc, valid-type]
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     # `idmm run` only: also train the classifier from scratch for as many epochs as
     # pre-training + fine-tuning, the supervised baseline the report compares against.
-    baseline: bool = False
+    baseline: bool = False  # idmm run: also a from-scratch supervised baseline
 
 
 Config = RunConfig  # the recipe schema; `idmm.Config`

@@ -33,21 +33,21 @@ class DINOConfig:
     configs/paper/*dino*.yaml."""
 
     out_dim: int | None = None  # prototypes; None = 65536 on CUDA (the paper's), 4096 on CPU
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
+    hidden_dim: int = 2048  # width of the head's 3-layer MLP
+    bottleneck_dim: int = 256  # L2-normalised bottleneck before the prototypes
+    student_temp: float = 0.1  # softmax temperature of the student
+    teacher_temp: float = 0.04  # softmax temperature of the teacher (after warm-up)
     warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this
     warmup_teacher_temp_epochs: int = 0  # ... over this many epochs
-    center_momentum: float = 0.9
+    center_momentum: float = 0.9  # EMA momentum of the centre of the teacher's outputs
     momentum_teacher: float = 0.996  # EMA momentum, raised to 1 on a cosine over training
     # DINO's optimiser: weight decay on weights (not biases and norms) from weight_decay to
     # weight_decay_end on a cosine; each parameter's gradient norm clipped at clip_grad; the
     # prototypes (last layer) frozen for the first freeze_last_layer epochs.
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
+    weight_decay: float = 0.04  # weight decay at the start of training
+    weight_decay_end: float = 0.4  # weight decay at the end of training
     clip_grad: float = 3.0  # 0 = off
-    freeze_last_layer: int = 1
+    freeze_last_layer: int = 1  # epochs with the prototypes frozen
 
     def problems(self) -> list[tuple[str, bool, str]]:
         return [

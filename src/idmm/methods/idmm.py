@@ -27,17 +27,17 @@ from .sharded_head import ShardedInstanceHead
 class IDMMConfig:
     """The `idmm.*` settings."""
 
-    cutmix_alpha: float = 0.5
+    cutmix_alpha: float = 0.5  # CutMix lambda ~ Beta(alpha, alpha); 0 = off
     cutmix_p: float = 1.0  # the paper mixes every batch
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # label smoothing of the N-way instance targets
     head_lr_scale: float = 1.0  # lr multiplier of the N-way instance head
     # "random" (the paper: trunc-normal rows) or "imprint": row i starts as image i's own
     # feature, scaled so logits start as cosine similarities / imprint_temperature.
-    head_init: str = "random"
-    imprint_temperature: float = 0.1
+    head_init: str = "random"  # random | imprint (row i starts as image i's feature)
+    imprint_temperature: float = 0.1  # head_init=imprint: logits start as cosine / this
     # Under torchrun: each process holds N/K rows of the head and the softmax is computed across
     # processes (for large N, e.g. ImageNet's 1.28M instances); results equal the replicated head.
-    shard_head: bool = False
+    shard_head: bool = False  # shard the N-way instance head across DDP processes
 
     def problems(self) -> list[tuple[str, bool, str]]:
         return [

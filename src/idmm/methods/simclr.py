@@ -21,7 +21,7 @@ class ContrastiveConfig:
     """The `contrastive.*` settings of SimCLR and SupCon: one multi-positive InfoNCE loss on
     projected, L2-normalised features."""
 
-    temperature: float = 0.2
+    temperature: float = 0.2  # softmax temperature of the InfoNCE loss
     proj_hidden_dim: int = 512  # projection MLP: Linear, ReLU, Linear (no BatchNorm: with
     proj_dim: int = 128  # several processes it would make K x B differ from 1 x K*B)
 

@@ -25,18 +25,18 @@ class SupervisedConfig:
     of `idmm pretrain method=supervised`, and the top-level keys of a fine-tuning run (which is
     this method on a classifier, pre-trained or not)."""
 
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # label smoothing of the class targets
     # lambda ~ Beta(alpha, alpha) forced >= 0.5, as the official code; alpha 0 turns either off
     mixup_alpha: float = 0.5  # Mixup on even epochs (0-based) ...
     cutmix_alpha: float = 0.5  # ... CutMix on odd ones
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    flip_p: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    flip_p: float = 0.5  # probability of a horizontal flip
     randaug_ops: int = 2  # RandAugment ops per image (0 = off) ...
     randaug_magnitude: tuple[float, float] = (1.0, 9.0)  # ... magnitude ~ U(lo, hi) of 10 ...
     randaug_p: float = 0.5  # ... each op applied with this probability (UDA RandAugment)
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    color_jitter_p: float = 0.4
-    grayscale_p: float = 0.2
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # bright/contr/sat/hue
+    color_jitter_p: float = 0.4  # probability of colour jitter, per image
+    grayscale_p: float = 0.2  # probability of grayscale, per image
     eval_crop: float = 0.875  # evaluation: resize to size / eval_crop, then centre crop
 
     def problems(self) -> list[tuple[str, bool, str]]:
