@@ -18,19 +18,21 @@ def _cfg(**overrides):
 
 
 def test_known_datasets_and_the_gpu_keep_their_sizes():
-    assert auto.resolve_model(_cfg(data="fashion-mnist"), log=False) == ("vit_cpu_small", 28)
+    fm = auto.resolve_model(_cfg(data="fashion-mnist"), log=False)
+    assert fm == ("vit_cpu_small", 28, None)
     gpu = _cfg(data="flowers102", device="cuda")
-    assert auto.resolve_model(gpu, log=False) == ("deit_tiny_patch16_224", 112)
+    assert auto.resolve_model(gpu, log=False) == ("deit_tiny_patch16_224", 112, None)
     fixed = _cfg(model="vit_cpu", img_size=32)
-    assert auto.resolve_model(fixed, log=False) == ("vit_cpu", 32)
+    assert auto.resolve_model(fixed, log=False) == ("vit_cpu", 32, None)
 
 
 @pytest.mark.parametrize("n,side,size", [
-    (200, 300, 64),     # few images: as large as 64 px
-    (2000, 300, 32),    # ~FMNIST-2040's count: 32 px
+    (200, 300, 48),     # few images: as large as 48 px
+    (2040, 300, 24),    # FMNIST-2040's count: 24 px
+    (1000, 300, 32),    # twice fewer: sqrt(2) larger
     (10000, 300, 16),   # many: 16 px
     (200, 40, 40),      # never above the images' own size
-    (2000, 20, 16),     # nor below 16
+    (2000, 12, 16),     # nor below 16
 ])  # fmt: skip
 def test_cpu_size_keeps_an_epoch_to_the_cpu_recipes_pixels(n, side, size):
     assert auto.cpu_size(n, side) == size
@@ -54,6 +56,7 @@ def test_a_folder_on_the_cpu_gets_the_cpu_recipes_model_at_its_size(tmp_path, ca
                      "device=cpu", f"out={out}"]) == 0  # fmt: skip
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["model"], saved["img_size"]) == ("vit_cpu_small_conv", 40)
+    assert saved["aug"]["local_size"] == 20  # half, as the CPU recipe's 16 / 8
     log = (out / "train.log").read_text()
     assert "model=auto/img_size=auto -> vit_cpu_small_conv at 40 px: a CPU" in log
     assert "memory: ~" in log and "GB free" in log

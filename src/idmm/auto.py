@@ -2,9 +2,9 @@
 logged with its reason, and the memory a run will need checked before it starts.
 
     GPU: the paper's DeiT-Tiny at its pre-training resolution, 112 px.
-    CPU: the CPU recipe's ViT (vit_cpu_small_conv, 0.9M parameters) at the size that keeps an
-         epoch to the pixels the CPU recipe trains on FMNIST-2040 at 32 px (2,040 x 32 x 32):
-         16-64 px, never above the images' own size.
+    CPU: the CPU recipe's ViT (vit_cpu_small_conv, 0.9M parameters) at 24 px for 2,040 images,
+         larger for fewer, smaller for more (an epoch costs about the same), 16-48 px, never above
+         the images' own size; local crops at half of it, as the CPU recipe's 16/8.
     Known small datasets (Fashion-MNIST, digits) keep their native size and the patchify preset.
 
 Memory: the activations a training step keeps for its backward pass, per image and crop, from the
@@ -30,7 +30,7 @@ from .models import SMALL_DATASETS, patch_size
 LOG = logging.getLogger(LOGGER)
 GPU_MODEL, GPU_SIZE = "deit_tiny_patch16_224", 112
 CPU_MODEL = "vit_cpu_small_conv"
-CPU_PIXELS = 2040 * 32 * 32  # per epoch and view: FMNIST-2040 at 32 px
+CPU_IMAGES, CPU_SIDE = 2040, 24  # the size for 2,040 images; scaled to keep an epoch's pixels
 _SAMPLE = 64  # images whose header is read to learn the data's size
 
 
@@ -59,18 +59,22 @@ def native_side(src) -> int | None:
 
 
 def cpu_size(n_images: int, side: int | None) -> int:
-    """16-64 px, a multiple of 8 (local crops at half of it stay on the 4-px patch grid)."""
-    size = math.sqrt(CPU_PIXELS / max(1, n_images))
+    """16-48 px, a multiple of 8 (local crops at half of it stay on the 4-px patch grid): 24 px
+    for 2,040 images, the side scaled by sqrt(2040 / n) so that an epoch's pixels stay put."""
+    size = CPU_SIDE * math.sqrt(CPU_IMAGES / max(1, n_images))
     if side:
         size = min(size, side)
-    return int(min(64, max(16, size)) // 8 * 8)
+    return int(min(48, max(16, size)) // 8 * 8)
 
 
-def resolve_model(cfg: Any, src=None, log: bool = True) -> tuple[str, int]:
-    """The model and image size a run uses (`model=auto`, `img_size=auto` resolved)."""
+def resolve_model(cfg: Any, src=None, log: bool = True) -> tuple[str, int, int | None]:
+    """The model, image size and local-crop size (None: leave it) a run uses: `model=auto`,
+    `img_size=auto` resolved; on a CPU an automatic size also sets unset local crops to half."""
     model, size, source = cfg.model, cfg.img_size, cfg.data.source
+    aug = getattr(cfg, "aug", None)
+    local = None
     if model != "auto" and size is not None:
-        return model, size
+        return model, size, local
     small = SMALL_DATASETS.get(dataset_key(source))
     where = device_type(cfg.device)
     reasons = []
@@ -88,14 +92,17 @@ def resolve_model(cfg: Any, src=None, log: bool = True) -> tuple[str, int]:
             side = native_side(src) if src is not None else None
             n = len(src) if src is not None else 2040
             size = cpu_size(n, side)
+            if aug is not None and aug.local_size is None and aug.local_crops:
+                local = size // 2
+            crops = f", local crops at {local} px" if local else ""
             reasons.append(
                 f"a CPU ({os.cpu_count()} cores): the CPU recipe's ViT; {n} images of ~{side} px "
-                f"-> {size} px, so that an epoch trains on about the pixels of FMNIST-2040 at "
-                "32 px (set img_size= for more detail, budget= to bound the time)"
+                f"-> {size} px{crops}, an epoch about as long as the CPU recipe's on 2,040 images "
+                "at 24 px (set img_size= for more detail, budget= to bound the time)"
             )
     if log:
         LOG.info(f"model=auto/img_size=auto -> {model} at {size} px: {'; '.join(reasons)}")
-    return model, size
+    return model, size, local
 
 
 # -- memory --------------------------------------------------------------------------------------

@@ -72,10 +72,11 @@ def run(config: Any = None, **overrides: Any) -> dict:
 def planned_costs(cfg) -> dict[str, float]:
     """budget=: each stage's planned cost (its epochs x pixels per image), as the stages name
     themselves; the sizes resolved as the stages will resolve them."""
-    size = auto.resolve_model(cfg, training_source(cfg), log=False)[1]
+    _, size, local = auto.resolve_model(cfg, training_source(cfg), log=False)
     f = cfg.finetune
     ft = dataclasses.replace(f, img_size=f.img_size or size)
-    costs = {"pre-training": pretrain_cost(cfg.epochs, size, cfg.aug),
+    aug = dataclasses.replace(cfg.aug, local_size=cfg.aug.local_size or local)
+    costs = {"pre-training": pretrain_cost(cfg.epochs, size, aug),
              **finetune_costs(ft, "fine-tuning")}  # fmt: skip
     if cfg.baseline:
         scratch = dataclasses.replace(ft, epochs=cfg.epochs + f.epochs)
