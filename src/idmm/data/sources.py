@@ -23,6 +23,7 @@ import numpy as np
 from idmm.data.base import DataError, Source, _check_files_exist, _inside
 from idmm.data.base import to_rgb as to_rgb  # re-exported: part of this module's API
 from idmm.data.layouts import LAYOUTS, OPENERS
+from idmm.data.clipart import open_clipart
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "test")
@@ -295,7 +296,7 @@ def _open_fmnist_2040(split: str, root: str | None) -> Source:
 
 
 _ALIASES = {"fmnist": "fashion-mnist", "fmnist2040": "fmnist-2040", "digits": "sklearn-digits"}
-DATASET_NAMES = sorted(["fashion-mnist", "fmnist-2040", "sklearn-digits", *LAYOUTS])
+DATASET_NAMES = sorted(["fashion-mnist", "fmnist-2040", "sklearn-digits", "clipart", *LAYOUTS])
 
 
 # --------------------------------------------------------------------------- public API
@@ -323,6 +324,8 @@ def open_source(spec: str, split: str = "train", root: str | None = None) -> Sou
         return (_open_fashion_mnist if key == "fashion-mnist" else _open_fmnist_2040)(split, root)
     if key == "sklearn-digits":
         return _open_sklearn_digits(split)
+    if key == "clipart":  # data.root: the package's png/ folder unless given
+        return open_clipart(root, split)
     if key in OPENERS:
         if root is None:
             raise DataError(f"dataset {key} needs data.root=DIR containing {LAYOUTS[key]}")
