@@ -95,3 +95,17 @@ def test_accuracy_table_has_intervals_differences_and_references():
     assert "| IDMM | 60 + 30 | 3 |" in table and "80.00 ± 10.00" in table
     assert "-10.00 [-10.00, -10.00], p 0.000" in table  # scratch: 10 points below on every seed
     assert "| 60.00 |" in table
+
+
+def test_minutes_plot_draws_each_method_against_budgets(tmp_path):
+    import minutes
+
+    def entry(name, means):
+        return {m: {"method": name, "finetune_top1": {"mean": v, "ci95": [v - 0.01, v + 0.01]}}
+                for m, v in means.items()}  # fmt: skip
+
+    idmm, cnn = entry("IDMM", {5: 0.80, 10: 0.84}), entry("CNN", {5: 0.82, 10: 0.85})
+    by_budget = {m: {"idmm": idmm[m], "cnn": cnn[m]} for m in (5, 10)}
+    out = minutes.plot(by_budget, tmp_path / "m.png", "demo")
+    assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
+    assert out is None or out == tmp_path / "m.png"

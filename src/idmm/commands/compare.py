@@ -183,10 +183,10 @@ def write_comparison(out: Path, summary: dict, per_seed: dict, cfg: RunConfig,
         w.writeheader()
         w.writerows({"seed": seed, **row} for seed, rows in per_seed.items()
                     for row in rows.values())  # fmt: skip
-    title = (
-        f"# Comparison on {data_label(cfg)}: model {cfg.model}, pre-training {cfg.epochs} "
-        f"epochs, fine-tuning {cfg.finetune.epochs} epochs (scratch: both)"
-    )
+    length = (f"budget {cfg.budget} per entry (the epochs each run got are in the table)"
+              if cfg.budget else f"pre-training {cfg.epochs} epochs, fine-tuning "
+              f"{cfg.finetune.epochs} epochs (scratch: both)")  # fmt: skip
+    title = f"# Comparison on {data_label(cfg)}: model {cfg.model}, {length}"
     table = comparison_table(summary, reference)
     text = f"{title}\n\n{table}\n\n![comparison](plots/compare.png)\n"
     (out / "compare.md").write_text(text)
