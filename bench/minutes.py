@@ -58,8 +58,13 @@ def main() -> None:
     p.add_argument("--methods", default="idmm,simclr,scratch,cnn")
     p.add_argument("--minutes", default="5,10,20")
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="more settings for every run (e.g. img_size=32 for clipart)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more settings for every run (e.g. img_size=32 for clipart)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/minutes"))
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)

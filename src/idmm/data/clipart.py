@@ -6,9 +6,10 @@ Fashion-MNIST).
 
 The classes are the package's category folders with at least 300 usable images. Usable: a PNG
 whose header opens and that has at most 4 megapixels (the package holds a few of 100-600
-megapixels, over PIL's decompression-bomb limits, slow to decode and pointless at 16-112 px). Clip-art is larger and more varied than the two grey datasets: colour,
-transparency (composited on white, as every transparent image in idmm), sizes from 80 px to tens
-of thousands, so the resolution a run trains at is a real choice.
+megapixels, over PIL's decompression-bomb limits, slow to decode and pointless at 16-112 px).
+Clip-art is larger and more varied than the two grey datasets: colour, transparency
+(composited on white, as every transparent image in idmm), sizes from 80 px to a few thousand,
+so the resolution a run trains at is a real choice.
 """
 
 from __future__ import annotations

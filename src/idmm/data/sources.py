@@ -22,8 +22,8 @@ import numpy as np
 
 from idmm.data.base import DataError, Source, _check_files_exist, _inside
 from idmm.data.base import to_rgb as to_rgb  # re-exported: part of this module's API
-from idmm.data.layouts import LAYOUTS, OPENERS
 from idmm.data.clipart import open_clipart
+from idmm.data.layouts import LAYOUTS, OPENERS
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "test")
