@@ -5,6 +5,11 @@ target = the image's index, cross-entropy. No projection head, normalisation, te
 bank or momentum encoder (Cao, Yu, Wu, ECCV 2022, and its official code). CutMix and label
 smoothing matter because with N classes each head row otherwise gets a positive gradient about
 once per epoch; soft targets update many more rows per step.
+
+Beyond the paper, off by default, for short schedules (issue 17's levers): `idmm.head=cosine`
+(normalised rows and features, logits / `idmm.temperature`, in fp32), `idmm.projector=H` (an MLP
+of hidden width H between the backbone and the head; the exported features are taken before
+it), `idmm.local_weight` (the weight of the local crops' loss against the global crops').
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..data.mixing import cutmix
 from ..engine.distributed import Runtime, rank_and_world
@@ -38,14 +45,48 @@ class IDMMConfig:
     # Under torchrun: each process holds N/K rows of the head and the softmax is computed across
     # processes (for large N, e.g. ImageNet's 1.28M instances); results equal the replicated head.
     shard_head: bool = False  # shard the N-way instance head across DDP processes
+    head: str = "linear"  # linear (the paper) | cosine (unit rows and features / temperature)
+    temperature: float = 0.1  # head=cosine: logits are cosine similarities / this
+    projector: int = 0  # hidden width of an MLP between backbone and head; 0 = none (the paper)
+    local_weight: float = 1.0  # weight of the local crops' loss (the paper: 1, a plain sum)
 
     def problems(self) -> list[tuple[str, bool, str]]:
         return [
+            ("head", self.head in ("linear", "cosine"), "linear or cosine"),
+            (
+                "head",
+                not (self.head == "cosine" and self.shard_head),
+                "linear when shard_head=true (the sharded head is a linear one)",
+            ),
+            ("temperature", self.temperature > 0, "positive"),
+            ("projector", self.projector >= 0, "0 (none) or a hidden width"),
+            ("local_weight", self.local_weight >= 0, "0 or more"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("cutmix_p", 0 <= self.cutmix_p <= 1, "in [0, 1]"),
             ("imprint_temperature", self.imprint_temperature > 0, "positive"),
             ("head_init", self.head_init in ("random", "imprint"), "random or imprint"),
         ]
+
+
+class CosineHead(nn.Module):
+    """N unit-norm rows; logits = cos(feature, row) / temperature, computed in fp32 (a bf16
+    cosine keeps about 3 digits, too few for differences of 0.01)."""
+
+    def __init__(self, dim: int, num_rows: int, temperature: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_rows, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.temperature = temperature
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(f.device.type, enabled=False):
+            w = F.normalize(self.weight.float(), dim=-1)
+            return F.linear(F.normalize(f.float(), dim=-1), w) / self.temperature
+
+
+def projector(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(trunc_normal_linear(dim, hidden), nn.GELU(),
+                         trunc_normal_linear(hidden, dim))  # fmt: skip
 
 
 @dataclass
@@ -63,12 +104,24 @@ class IDMM(Method):
     @classmethod
     def describe(cls, cfg):
         i = cfg.idmm
+        levers = "".join(
+            [
+                f", cosine head T {i.temperature}" if i.head == "cosine" else "",
+                f", projector {i.projector}" if i.projector else "",
+                f", local weight {i.local_weight}" if i.local_weight != 1 else "",
+            ]
+        )
         return (f"CutMix alpha {i.cutmix_alpha}, label smoothing {i.label_smoothing}, "
-                f"head init `{i.head_init}`")  # fmt: skip
+                f"head init `{i.head_init}`{levers}")  # fmt: skip
 
     def __init__(self, cfg, backbone, num_images, num_classes, views):
         super().__init__(cfg, backbone, num_images, num_classes, views)
-        self.head = trunc_normal_linear(backbone.num_features, num_images)
+        c, dim = self.settings, backbone.num_features
+        self.projector = projector(dim, c.projector) if c.projector else nn.Identity()
+        if c.head == "cosine":
+            self.head = CosineHead(dim, num_images, c.temperature)
+        else:
+            self.head = trunc_normal_linear(dim, num_images)
         rank, world = rank_and_world()
         self.sharded = self.settings.shard_head and world > 1
         if self.sharded:  # the same initial rows as the replicated head, split by process
@@ -78,6 +131,10 @@ class IDMM(Method):
         if not self.sharded:
             return {}
         return {"head.weight": self.head.num_rows, "head.bias": self.head.num_rows}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """What the instance head reads: the backbone's feature, through the projector if any."""
+        return self.projector(self.backbone(x))
 
     @torch.no_grad()
     def prepare(self, images, indices, labels, rng: np.random.Generator, g: torch.Generator):
@@ -96,13 +153,13 @@ class IDMM(Method):
         # Each group is one forward pass (crops of one size); the group losses add, as in the
         # official code (a sum, not a mean over crop counts).
         loss, smoothing = 0.0, self.settings.label_smoothing
-        for grp in groups:
-            f = self.backbone(grp.x)
+        for i, grp in enumerate(groups):
+            f = self.embed(grp.x)
             if self.sharded:
-                loss = loss + self.head.loss(f, grp.target_a, grp.target_b, grp.lam, smoothing)
+                part = self.head.loss(f, grp.target_a, grp.target_b, grp.lam, smoothing)
             else:
-                logits = self.head(f)
-                loss = loss + mixed_soft_ce(logits, grp.target_a, grp.target_b, grp.lam, smoothing)
+                part = mixed_soft_ce(self.head(f), grp.target_a, grp.target_b, grp.lam, smoothing)
+            loss = loss + (part if i == 0 else self.settings.local_weight * part)
         return loss, {}
 
     @torch.no_grad()
@@ -115,7 +172,7 @@ class IDMM(Method):
         # together, as non-parametric instance discrimination does.
         cfg = self.cfg
         feats = extract_features(
-            self.backbone,
+            nn.Sequential(self.backbone, self.projector),
             images,
             cfg.img_size,
             cfg.data.mean,
@@ -128,6 +185,8 @@ class IDMM(Method):
         weight = feats / norm * scale
         if self.sharded:
             self.head.load_rows(weight, torch.zeros(len(weight)))
+        elif isinstance(self.head, CosineHead):
+            self.head.weight.copy_(feats / norm)  # the direction is all a cosine row has
         else:
             self.head.weight.copy_(weight)
             self.head.bias.zero_()
