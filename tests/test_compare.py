@@ -114,3 +114,21 @@ def yaml_config(path):
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_every_variant_sets_valid_keys_on_the_cpu_recipe():
+    """Each named entry (paper-faithful, ablation steps, levers) is a method plus overrides
+    that the recipe's config accepts: a typo in a variant fails here, not hours into a run."""
+    from idmm.builders import make_config
+    from idmm.commands.variants import LEVERS, VARIANTS
+    from idmm.config import set_key, validate
+    from idmm.methods import METHODS
+
+    cfg = make_config("cpu/fmnist2040")
+    assert set(LEVERS) <= set(VARIANTS)
+    for name, v in VARIANTS.items():
+        assert v.method in (*METHODS, "scratch"), name
+        c = make_config("cpu/fmnist2040", method=v.method if v.method != "scratch" else "idmm")
+        for key, value in v.overrides(cfg).items():
+            set_key(c, key, value)
+        validate(c)

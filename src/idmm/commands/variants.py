@@ -1,5 +1,6 @@
 """Named variants of a recipe that `idmm compare` runs as rows beside the methods: the
-paper-faithful IDMM, and the steps of the paper's ablation (its Table 8) for `idmm ablate`.
+paper-faithful IDMM, the steps of the paper's ablation (its Table 8) for `idmm ablate`, and the
+levers issue 17 screens (`LEVERS`: `idmm compare methods=idmm,idmm-cosine,... budget=5m`).
 
 A variant is a method plus overrides computed from the recipe it is compared within, so
 "the paper's crops at this recipe's resolution" means the same on any dataset.
@@ -61,7 +62,36 @@ VARIANTS: dict[str, Variant] = {
     "ablate+smallres": Variant("idmm", "+ small resolution", _plus_small),
     "ablate+multicrop": Variant("idmm", "+ multi-crop", _plus_multicrop),
     "ablate+cutmix": Variant("idmm", "+ CutMix (= IDMM, paper-faithful)", _paper),
+    # levers on the recipe's IDMM, one change each (hypotheses of issue 17)
+    "idmm-cosine": Variant(
+        "idmm", "IDMM, cosine head (T 0.1)", lambda cfg: {"idmm.head": "cosine"}
+    ),
+    "idmm-proj": Variant("idmm", "IDMM, projection MLP (512)", lambda cfg: {"idmm.projector": 512}),
+    "idmm-headlr": Variant("idmm", "IDMM, head lr x10", lambda cfg: {"idmm.head_lr_scale": 10.0}),
+    "idmm-nomix": Variant(
+        "idmm",
+        "IDMM, no CutMix, no label smoothing",
+        lambda cfg: {"idmm.cutmix_alpha": 0.0, "idmm.label_smoothing": 0.0},
+    ),
+    "idmm-local0.5": Variant(
+        "idmm", "IDMM, local loss x0.5", lambda cfg: {"idmm.local_weight": 0.5}
+    ),
+    "idmm-nolocal": Variant("idmm", "IDMM, no local crops", lambda cfg: {"aug.local_crops": 0}),
+    "idmm-localfull": Variant(
+        "idmm", "IDMM, local crops at the global size", lambda cfg: {"aug.local_size": cfg.img_size}
+    ),
+    "simclr-2crops": Variant("simclr", "SimCLR, 2 crops", lambda cfg: {"aug.local_crops": 0}),
 }
+LEVERS = (
+    "idmm-cosine",
+    "idmm-proj",
+    "idmm-headlr",
+    "idmm-nomix",
+    "idmm-local0.5",
+    "idmm-nolocal",
+    "idmm-localfull",
+    "simclr-2crops",
+)
 
 # The paper's Table 8 (Flowers-102, DeiT-Tiny), the numbers `idmm ablate` prints beside ours.
 ABLATION = ("ablate-plain", "ablate+ls", "ablate+smallres", "ablate+multicrop", "ablate+cutmix")
