@@ -45,6 +45,8 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   data.val=DIR data.test=DIR  validation / test sets; else held out of the training images
                        (data.val_fraction=0.1, data.test_fraction=0.2, data.split_seed=0)
   baseline=true        idmm run: also train from scratch for the same total epochs
+  budget=20m           the whole command within 20 minutes: each stage's epochs set after its
+                       first epoch (90s, 20m, 2h, 1h30m)
 recipes: --config cpu/fmnist2040 (CPU, ~7 min), paper/flowers102_deit_tiny ... (`idmm recipes`);
   a path to a YAML file works too
 run `idmm keys` for every key and its default.
@@ -57,7 +59,10 @@ VERB_KEYS = {
 idmm compare takes, besides the config keys:
   methods=idmm,idmm-paper,simclr,supcon,dino,scratch   entries: methods, scratch, and the named
                        variants idmm-paper (the paper's IDMM at this recipe's size), cnn,
-                       ablate-plain, ablate+ls, ablate+smallres, ablate+multicrop, ablate+cutmix
+                       ablate-plain, ablate+ls, ablate+smallres, ablate+multicrop, ablate+cutmix,
+                       and the levers idmm-cosine, idmm-proj, idmm-headlr, idmm-nomix,
+                       idmm-local0.5, idmm-nolocal, idmm-localfull, simclr-2crops
+  budget=10m           each entry within 10 minutes (its epochs set from its pace)
   seeds=3              repeats: seed, subset draw and splits change per seed
   draws=per_seed|fixed fixed: every seed on the same subset and splits
   reference=idmm       the entry every other's difference is paired against
