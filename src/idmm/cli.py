@@ -32,7 +32,7 @@ from .config_types import ConfigError
 
 EPILOG = """\
 settings are key=value pairs (nested keys with dots), applied after --config:
-  data=PATH|fmnist-2040|sklearn-digits|fashion-mnist|flowers102|...   images (folder, CSV, name)
+  data=PATH|fmnist-2040|sklearn-digits|clipart|flowers102|...   images (folder, CSV, name)
   method=idmm|simclr|supcon|dino|supervised   the pre-training method (default idmm)
   data.root=DIR        where a named dataset lives;   subset_per_class=204  class-balanced subset
   out=runs/NAME        the run directory;             resume=true  continue it exactly
