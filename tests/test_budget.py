@@ -35,11 +35,11 @@ def test_bad_durations_are_refused_naming_the_key(text):
 
 
 class FakeClock:
-    """Time moves only when an epoch is trained (1 s each), plus a microsecond per reading so
-    that rates stay finite."""
+    """Time moves only when an epoch is trained (1 s each, `first` for the first of a run),
+    plus a microsecond per reading so that rates stay finite."""
 
     def __init__(self):
-        self.now = 0.0
+        self.now, self.first, self.epochs = 0.0, 1.0, 0
 
     def read(self) -> float:
         self.now += 1e-6
@@ -55,7 +55,7 @@ def clock(monkeypatch):
 
     def one_second_epoch(self):
         loss = real(self)
-        c.now += 1.0
+        c.now += c.first if self.epoch == 0 else 1.0
         return loss
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", one_second_epoch)
@@ -73,6 +73,16 @@ def test_budget_sets_the_epochs_and_records_them(tmp_path, clock):
     # resumed with another budget: the epochs it was given stay
     again = idmm.pretrain(out=str(out), epochs=1000, budget="1h", resume=True, **TINY)
     assert again == {} and yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 9
+
+
+def test_the_recheck_goes_by_the_pace_after_the_first_epoch(tmp_path, clock):
+    """A slow first epoch (warm-up, compilation) gives few epochs; the re-check at a tenth
+    (here epoch 3) goes by the pace since, and the stage still ends within its share."""
+    clock.first = 5.0
+    r = idmm.pretrain(out=str(tmp_path / "p"), epochs=1000, budget="20.5s", **TINY)
+    # share 19.5 s: after epoch 1 (5 s) 1 + 14.5 // 5 = 3 epochs; at epoch 3 (7 s, 1 s an epoch
+    # since) 3 + 12.5 // 1 = 15
+    assert r["pretrain"]["epochs"] == 15 and clock.now < 20.5
 
 
 def test_run_shares_the_budget_between_its_stages_by_planned_cost(tmp_path, clock):

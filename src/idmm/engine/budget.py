@@ -69,6 +69,6 @@ class Budget:
         self.spent_before += earlier_s
 
 
-def epochs_within(allowed_s: float, first_epoch_s: float) -> int:
-    """Whole epochs at the first epoch's pace that end within `allowed_s` (at least 1)."""
-    return max(1, int(allowed_s // max(first_epoch_s, 1e-6)))
+def epochs_within(allowed_s: float, epoch_s: float) -> int:
+    """Whole epochs of `epoch_s` that end within `allowed_s` (0 when none does)."""
+    return max(0, int(allowed_s // max(epoch_s, 1e-6)))

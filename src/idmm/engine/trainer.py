@@ -243,10 +243,15 @@ class Trainer:
                 last["skipped_steps"] = self.skipped_steps
             for hook in self.hooks:
                 last.update(hook(self.epoch))
-            # budget=: the epochs after the first one, checked again at a tenth of them (the
-            # pace of the first epoch can mislead), both still early in the schedule
-            if allowed is not None and self.epoch in (1, max(3, cfg.epochs // 10)):
-                self.set_epochs(allowed, (time.perf_counter() - start) / self.epoch)
+            # budget=: the epochs after the first one, checked again at a tenth of them at the
+            # pace since the first (which also paid for warm-up and any compilation), both
+            # still early in the schedule
+            if allowed is not None and self.epoch == 1:
+                first_s = time.perf_counter() - start
+                self.set_epochs(allowed, first_s, first_s)
+            elif allowed is not None and self.epoch == max(3, cfg.epochs // 10):
+                spent = time.perf_counter() - start
+                self.set_epochs(allowed, spent, (spent - first_s) / (self.epoch - 1))
             self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
                 self.run.append_metrics(last)
@@ -281,11 +286,12 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
         }
 
-    def set_epochs(self, allowed: float, epoch_s: float) -> None:
-        """budget=: as many epochs as fit in this stage's share at the pace so far, written to
-        config.yaml (and so to every checkpoint: resume keeps them)."""
+    def set_epochs(self, allowed: float, spent: float, epoch_s: float) -> None:
+        """budget=: the epochs done and as many more as fit in what is left of this stage's
+        share at `epoch_s` an epoch; written to config.yaml (and so to every checkpoint:
+        resume keeps them)."""
         cfg, asked = self.cfg, self.cfg.epochs
-        epochs = max(self.epoch, epochs_within(allowed, epoch_s))
+        epochs = self.epoch + epochs_within(allowed - spent, epoch_s)
         if self.epoch > 1 and epochs == asked:
             return
         cfg.epochs = epochs
