@@ -67,9 +67,10 @@ def cpu_size(n_images: int, side: int | None) -> int:
     return int(min(48, max(16, size)) // 8 * 8)
 
 
-def resolve_model(cfg: Any, src=None, log: bool = True) -> tuple[str, int, int | None]:
+def resolve_model(cfg: Any, training=None, log: bool = True) -> tuple[str, int, int | None]:
     """The model, image size and local-crop size (None: leave it) a run uses: `model=auto`,
-    `img_size=auto` resolved; on a CPU an automatic size also sets unset local crops to half."""
+    `img_size=auto` resolved; on a CPU an automatic size also sets unset local crops to half.
+    `training`: a function giving the training Source, called only when its images matter."""
     model, size, source = cfg.model, cfg.img_size, cfg.data.source
     aug = getattr(cfg, "aug", None)
     local = None
@@ -89,6 +90,7 @@ def resolve_model(cfg: Any, src=None, log: bool = True) -> tuple[str, int, int |
     else:
         model = CPU_MODEL if model == "auto" else model
         if size is None:
+            src = training() if training is not None else None
             side = native_side(src) if src is not None else None
             n = len(src) if src is not None else 2040
             size = cpu_size(n, side)

@@ -58,7 +58,7 @@ def start_run(cfg: Any) -> tuple[Runtime, RunDir, logging.Logger]:
     if rt.is_main:
         run.record_invocation()
     if cfg.model == "auto" or cfg.img_size is None:  # from the images' number and size
-        cfg.model, cfg.img_size, local = auto.resolve_model(cfg, training_source(cfg))
+        cfg.model, cfg.img_size, local = auto.resolve_model(cfg, lambda: training_source(cfg))
         if local is not None:
             cfg.aug.local_size = local
     return rt, run, log

@@ -72,7 +72,7 @@ def run(config: Any = None, **overrides: Any) -> dict:
 def planned_costs(cfg) -> dict[str, float]:
     """budget=: each stage's planned cost (its epochs x pixels per image), as the stages name
     themselves; the sizes resolved as the stages will resolve them."""
-    _, size, local = auto.resolve_model(cfg, training_source(cfg), log=False)
+    _, size, local = auto.resolve_model(cfg, lambda: training_source(cfg), log=False)
     f = cfg.finetune
     ft = dataclasses.replace(f, img_size=f.img_size or size)
     aug = dataclasses.replace(cfg.aug, local_size=cfg.aug.local_size or local)
