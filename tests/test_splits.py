@@ -61,8 +61,9 @@ def test_the_knn_monitor_equals_offline_knn_with_the_training_pool(folder, tmp_p
     assert len(monitored) == 2 and monitored[-1] == offline["val_top1"]
     assert offline["train_images"] == 21 and offline["val_images"] == 3
     assert offline["test_images"] == 6 and offline["test_split"] == "holdout"
-    log = (run / "train.log").read_text().splitlines()[0]
-    assert "21 training images" in log  # the first line says what it trains on
+    # the line that starts training says what it trains on (after the auto and memory lines)
+    log = next(x for x in (run / "train.log").read_text().splitlines() if " pretrain idmm " in x)
+    assert "21 training images" in log
 
 
 def _source(labels):
