@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from torchrun_helpers import launch, run_worker
 
@@ -94,3 +95,11 @@ def test_sharded_head_loss_equals_the_replicated_head(tmp_path):
     for r in ranks:
         assert r["loss"] < 1e-5 and r["padding_grad"] == 0.0
         assert max(r["weight_grad"], r["bias_grad"], r["feat_grad"]) < 1e-6, r
+
+
+def test_budget_under_torchrun_gives_every_rank_the_same_epochs(tmp_path):
+    """Each process times its own epochs; the epochs are agreed (their mean) so that no rank
+    waits forever for another's step."""
+    losses, _ = _pretrain(tmp_path / "b", 2, 10, "idmm", "budget=15s", epochs=100000)
+    saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert 1 <= saved["epochs"] < 100000 and len(losses) == saved["epochs"]

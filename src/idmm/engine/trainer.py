@@ -292,6 +292,8 @@ class Trainer:
         resume keeps them)."""
         cfg, asked = self.cfg, self.cfg.epochs
         epochs = self.epoch + epochs_within(allowed - spent, epoch_s)
+        if self.rt.distributed:  # every process must run the same epochs: their mean, rounded
+            epochs = int(round(all_reduce_mean(float(epochs), self.rt)))
         if self.epoch > 1 and epochs == asked:
             return
         cfg.epochs = epochs
