@@ -123,6 +123,7 @@ def test_every_variant_sets_valid_keys_on_the_cpu_recipe():
     from idmm.commands.variants import LEVERS, VARIANTS
     from idmm.config import set_key, validate
     from idmm.methods import METHODS
+    from idmm.models import PRESETS
 
     cfg = make_config("cpu/fmnist2040")
     assert set(LEVERS) <= set(VARIANTS)
@@ -132,3 +133,4 @@ def test_every_variant_sets_valid_keys_on_the_cpu_recipe():
         for key, value in v.overrides(cfg).items():
             set_key(c, key, value)
         validate(c)
+        assert c.model in PRESETS, f"{name}: {c.model} is not a preset"

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config_types import ConfigError
 from .engine.checkpoint import atomic_write
+from .locality import LocalitySelfAttention, ShiftedPatchEmbed
 
 
 class ConvStem(HybridEmbed):
@@ -57,6 +58,44 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "vit_cpu_small_conv": (
         "vit_tiny_patch16_224",
         dict(embed_layer=ConvStem, patch_size=4, embed_dim=128, depth=4, num_heads=2),
+    ),
+    # Issue 17's locality and pooling levers on the CPU recipe's ViT (idmm.locality):
+    # global average pooling of the patch tokens instead of a class token
+    "vit_cpu_small_conv_gap": (
+        "vit_tiny_patch16_224",
+        dict(
+            embed_layer=ConvStem,
+            patch_size=4,
+            embed_dim=128,
+            depth=4,
+            num_heads=2,
+            class_token=False,
+            global_pool="avg",
+        ),
+    ),
+    # locality self-attention (learned temperature, no attention to itself) after the conv stem
+    "vit_cpu_small_conv_lsa": (
+        "vit_tiny_patch16_224",
+        dict(
+            embed_layer=ConvStem,
+            attn_layer=LocalitySelfAttention,
+            patch_size=4,
+            embed_dim=128,
+            depth=4,
+            num_heads=2,
+        ),
+    ),
+    # "Vision Transformer for Small-Size Datasets": shifted patch tokens and LSA, no conv stem
+    "vit_cpu_small_spt_lsa": (
+        "vit_tiny_patch16_224",
+        dict(
+            embed_layer=ShiftedPatchEmbed,
+            attn_layer=LocalitySelfAttention,
+            patch_size=4,
+            embed_dim=128,
+            depth=4,
+            num_heads=2,
+        ),
     ),
     # 0.9M parameters: the small-CNN reference (ResNet-style, 1 block per stage, output stride 8
     # so a 28-px image keeps a 4x4 map): what a ViT of the same size is measured against.

@@ -81,6 +81,16 @@ VARIANTS: dict[str, Variant] = {
         "idmm", "IDMM, local crops at the global size", lambda cfg: {"aug.local_size": cfg.img_size}
     ),
     "simclr-2crops": Variant("simclr", "SimCLR, 2 crops", lambda cfg: {"aug.local_crops": 0}),
+    # locality and pooling (idmm.locality; the models replace the recipe's vit_cpu_small_conv)
+    "idmm-gap": Variant(
+        "idmm", "IDMM, average pooling", lambda cfg: {"model": "vit_cpu_small_conv_gap"}
+    ),
+    "idmm-lsa": Variant(
+        "idmm", "IDMM, locality self-attention", lambda cfg: {"model": "vit_cpu_small_conv_lsa"}
+    ),
+    "idmm-spt-lsa": Variant(
+        "idmm", "IDMM, SPT + LSA (no conv stem)", lambda cfg: {"model": "vit_cpu_small_spt_lsa"}
+    ),
 }
 LEVERS = (
     "idmm-cosine",
@@ -91,6 +101,9 @@ LEVERS = (
     "idmm-nolocal",
     "idmm-localfull",
     "simclr-2crops",
+    "idmm-gap",
+    "idmm-lsa",
+    "idmm-spt-lsa",
 )
 
 # The paper's Table 8 (Flowers-102, DeiT-Tiny), the numbers `idmm ablate` prints beside ours.

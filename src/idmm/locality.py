@@ -1,0 +1,91 @@
+"""Locality priors for ViTs trained on a few thousand images: shifted patch tokenisation (SPT)
+and locality self-attention (LSA), from Lee, Lee and Song, "Vision Transformer for Small-Size
+Datasets" (2021). Both are drop-in timm layers (`embed_layer=`, `attn_layer=` of timm's
+VisionTransformer), so a model built with them exports and loads like any timm ViT; the CPU
+presets in idmm.models use them (issue 17's locality levers).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention, Format, PatchEmbed, nchw_to
+from torch import nn
+
+# (dx, dy) of the four diagonal shifts, in units of half a patch
+_SHIFTS = ((-1, -1), (1, -1), (-1, 1), (1, 1))
+
+
+def shifted_copies(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """The image and its four diagonal translations by `shift` pixels (zero-filled, not
+    wrapped), stacked on the channels: (B, C, H, W) -> (B, 5C, H, W)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (shift, shift, shift, shift))
+    copies = [x]
+    for dx, dy in _SHIFTS:
+        # moving the content by (dx, dy) half-patches = reading the padded image that far back
+        top, left = shift - dy * shift, shift - dx * shift
+        copies.append(padded[..., top : top + h, left : left + w])
+    return torch.cat(copies, dim=1)
+
+
+class ShiftedPatchEmbed(PatchEmbed):
+    """SPT: each patch sees its neighbours' pixels. The image is concatenated with four copies
+    shifted diagonally by half a patch, cut into patches, and each flattened patch is
+    layer-normalised before its linear projection (the paper's order). Same token grid as the
+    plain patchify; ~5x its projection's parameters."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, **kwargs):
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                         embed_dim=embed_dim, **kwargs)  # fmt: skip
+        ph, pw = self.patch_size
+        width = 5 * in_chans * ph * pw
+        # the convolution of PatchEmbed is replaced: the paper normalises the raw patch vector,
+        # which a strided convolution has no place for
+        self.proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ph, pw = self.patch_size
+        if h % ph or w % pw:
+            raise ValueError(f"input {h}x{w} is not a multiple of the patch size {ph}x{pw}")
+        x = shifted_copies(x, ph // 2)
+        c = x.shape[1]
+        gh, gw = h // ph, w // pw
+        # (B, 5C, H, W) -> (B, gh, gw, 5C * ph * pw): one row per patch, channels outermost
+        x = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, gh, gw, -1)
+        x = self.proj(x)  # (B, gh, gw, D)
+        if self.flatten:
+            x = x.reshape(b, gh * gw, -1)
+        elif self.output_fmt != Format.NHWC:
+            x = nchw_to(x.permute(0, 3, 1, 2), self.output_fmt)
+        return self.norm(x)
+
+
+class LocalitySelfAttention(Attention):
+    """LSA: timm's attention with a learned temperature per head (initialised to timm's
+    1/sqrt(head_dim)) and each token's similarity to itself masked out, so that attention
+    sharpens on the other tokens instead of staying flat, as it does in ViTs trained on little
+    data."""
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        self.scale = nn.Parameter(torch.full((self.num_heads,), self.head_dim**-0.5))
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        if attn_mask is not None or is_causal or self.gate is not None:
+            raise NotImplementedError("LocalitySelfAttention takes no mask or gate")
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = q * self.scale.view(1, -1, 1, 1).to(q.dtype)
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
+        if self.fused_attn:
+            drop = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=off_diagonal, dropout_p=drop,
+                                               scale=1.0)  # fmt: skip
+        else:
+            attn = (q @ k.transpose(-2, -1)).masked_fill(~off_diagonal, float("-inf"))
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        x = self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim))
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,100 @@
+"""Shifted patch tokens, locality self-attention and the presets that use them (idmm.locality)."""
+
+import json
+from pkgutil import resolve_name
+
+import pytest
+import timm
+import torch
+
+import idmm
+from idmm import models
+from idmm.builders import build_backbone, export_backbone
+from idmm.config import build_config
+from idmm.locality import LocalitySelfAttention, ShiftedPatchEmbed, shifted_copies
+
+NEW_PRESETS = ("vit_cpu_small_conv_gap", "vit_cpu_small_conv_lsa", "vit_cpu_small_spt_lsa")
+
+
+def test_shifted_copies_translate_diagonally_with_zero_fill():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 3, 5] = 1.0
+    out = shifted_copies(x, 2)
+    assert out.shape == (1, 5, 8, 8) and torch.equal(out[:, :1], x)
+    # (dx, dy) = (-1, -1), (1, -1), (-1, 1), (1, 1) half-patches: the pixel moves with them
+    for channel, (row, col) in enumerate([(1, 3), (1, 7), (5, 3), (5, 7)], start=1):
+        assert out[0, channel].nonzero().tolist() == [[row, col]]
+    # a pixel shifted past the border is gone, not wrapped round
+    edge = torch.zeros(1, 1, 8, 8)
+    edge[0, 0, 0, 0] = 1.0
+    assert shifted_copies(edge, 2)[0, 1].sum() == 0
+
+
+def test_shifted_patch_embed_gives_the_patchify_grid():
+    pe = ShiftedPatchEmbed(img_size=16, patch_size=4, in_chans=3, embed_dim=32)
+    assert pe(torch.randn(2, 3, 16, 16)).shape == (2, 16, 32)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        pe(torch.randn(1, 3, 18, 16))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_lsa_masks_each_token_from_itself(fused):
+    """With q = k = 0 every allowed logit is equal, so token i's output is the mean of the
+    *other* tokens' values; a token attending to itself would change it."""
+    attn = LocalitySelfAttention(8, num_heads=2, qkv_bias=False)
+    attn.fused_attn = fused
+    with torch.no_grad():
+        attn.qkv.weight[:16].zero_()  # q and k
+        attn.qkv.weight[16:] = torch.eye(8)  # v = x
+        attn.proj.weight.copy_(torch.eye(8))
+        attn.proj.bias.zero_()
+    x = torch.randn(1, 5, 8)
+    others = (x.sum(1, keepdim=True) - x) / 4
+    assert torch.allclose(attn(x), others, atol=1e-6)
+
+
+def test_lsa_temperature_is_learned_per_head():
+    attn = LocalitySelfAttention(8, num_heads=2)
+    assert attn.scale.shape == (2,) and attn.scale.requires_grad
+    attn(torch.randn(2, 5, 8)).sum().backward()
+    assert attn.scale.grad is not None and attn.scale.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NEW_PRESETS)
+def test_presets_pretrain_small_and_finetune_larger(name, tmp_path):
+    """Pre-training at 16 px with 8-px local crops, then fine-tuning at 28 px (the CPU
+    recipe's sizes): the position embedding is resized, only the head is new."""
+    model = models.create_backbone(name, 16, dynamic_img_size=True)
+    for size in (8, 16):
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 128)
+    models.save_backbone(model, tmp_path / "b.safetensors", {})
+    tuned = models.create_backbone(name, 28, num_classes=10)
+    new = models.load_pretrained(tuned, tmp_path / "b.safetensors")
+    assert sorted(new) == ["head.bias", "head.weight"]
+    assert tuned(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+
+
+def test_spt_lsa_exports_to_plain_timm(tmp_path):
+    cfg = build_config(
+        overrides={
+            "model": "vit_cpu_small_spt_lsa",
+            "img_size": "16",
+            "data.mean": "0.3,0.3,0.3",
+            "data.std": "0.3,0.3,0.3",
+        }
+    )
+    ours = build_backbone(cfg).eval()
+    export_backbone(cfg, ours, tmp_path / "backbone.safetensors", "idmm")
+    out = idmm.export(tmp_path / "backbone.safetensors", tmp_path / "x")
+    info = json.loads((out / "model.json").read_text())
+    assert info["import_kwargs"] == {
+        "embed_layer": "idmm.locality.ShiftedPatchEmbed",
+        "attn_layer": "idmm.locality.LocalitySelfAttention",
+    }
+    overlay = dict(info["pretrained_cfg_overlay"], file=str(out / "model.safetensors"))
+    classes = {k: resolve_name(v) for k, v in info["import_kwargs"].items()}
+    plain = timm.create_model(info["model"], pretrained=True, pretrained_cfg_overlay=overlay,
+                              **info["kwargs"], **classes).eval()  # fmt: skip
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), ours(x), atol=1e-5)
