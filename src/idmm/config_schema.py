@@ -135,6 +135,7 @@ class _Pretrain(CommonConfig):
     warmup_epochs: float = 2.0  # linear lr warm-up, in epochs (fractions allowed)
     clip_grad: float | None = None  # total gradient-norm clip; None/0 = off
     drop_path: float = 0.1  # stochastic-depth rate of the backbone
+    ema: float = 0.0  # decay of a weight average (e.g. 0.999) the monitor and export use; 0 = off
     knn_every: int = 0  # online kNN monitor (on the validation split) every N epochs; 0 = off
     snapshot_every: int = 0  # snapshots/epoch_N.safetensors every N epochs
     knn_k: tuple[int, ...] = (10, 20, 100, 200)  # k values of the kNN monitor/eval (top1: k=20)
@@ -169,6 +170,7 @@ class FinetuneSettings(SupervisedConfig):
     warmup_epochs: float = 2.0  # linear lr warm-up, in epochs (fractions allowed)
     clip_grad: float | None = None  # total gradient-norm clip; None/0 = off
     drop_path: float = 0.1  # stochastic-depth rate of the backbone
+    ema: float = 0.0  # decay of a weight average (e.g. 0.999) evaluation and export use; 0 = off
     # "random" (the paper) or "probe": with init=, the new head starts as a linear probe of the
     # pre-trained features (LP-FT), so its first gradients do not scramble them
     head_init: str = "random"  # random | probe (LP-FT: a linear-probe head)

@@ -256,7 +256,7 @@ def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir,
         f"epochs, batch {cfg.batch_size} x {rt.world_size}, lr {cfg.lr:.2e}; test split: "
         f"{data.splits.test_from} ({len(test) if test is not None else 0} images)"
     )
-    monitor = Monitor(cfg, model, data.val, rt)
+    monitor = Monitor(cfg, method.evaluated_backbone(), data.val, rt)  # ema>0: the average
     summary = Trainer(cfg, method, train, rt, run, log, [monitor], budget, name).fit()
     result = finish_stage(cfg, rt, monitor, summary, data, run, weights, log)
     barrier(rt)  # the next stage or command reads what rank 0 just wrote

@@ -91,6 +91,10 @@ VARIANTS: dict[str, Variant] = {
     "idmm-spt-lsa": Variant(
         "idmm", "IDMM, SPT + LSA (no conv stem)", lambda cfg: {"model": "vit_cpu_small_spt_lsa"}
     ),
+    # a moving average of the weights in both stages, what evaluation and export use
+    "idmm-ema": Variant(
+        "idmm", "IDMM, weight EMA (0.999)", lambda cfg: {"ema": 0.999, "finetune.ema": 0.999}
+    ),
     # speed: more epochs in the same minutes if compiling (~30 s per crop size) pays for itself
     "idmm-compile": Variant("idmm", "IDMM, torch.compile", lambda cfg: {"compile": True}),
 }
@@ -106,6 +110,7 @@ LEVERS = (
     "idmm-gap",
     "idmm-lsa",
     "idmm-spt-lsa",
+    "idmm-ema",
     "idmm-compile",
 )
 

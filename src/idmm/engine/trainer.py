@@ -171,9 +171,9 @@ class Trainer:
     def resume(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
         saved = ckpt["config"]
-        for key in ("model", "method", "img_size"):
+        for key in ("model", "method", "img_size", "ema"):
             now = getattr(self.cfg, key, None)  # fine-tuning has no method
-            if saved.get(key) != now:
+            if saved.get(key, 0.0 if key == "ema" else None) != now:  # (no ema before it was)
                 raise TrainingError(
                     f"cannot resume {self.ckpt_path}: it was trained with "
                     f"{key}={saved.get(key)!r}, this run asks for {key}={now!r}; use the same "
@@ -395,4 +395,5 @@ class Trainer:
             self.scaler.update()
         self.method.on_step_end((self.step + 1) / self.total_steps)
         self.step += 1
+        self.method.update_ema(self.step)
         return value

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from ..data.augment import MultiCrop
@@ -42,6 +43,13 @@ class Method(nn.Module):
         self.settings = self.settings_of(cfg)
         self.backbone = backbone
         self.views = views
+        # ema=D: a moving average of the backbone's weights (and buffers), which evaluation
+        # and export use. Warmed up as timm's (decay 1 - (1 + step)^(-2/3), at most D), so that
+        # short runs average over their last few hundred steps rather than their start.
+        decay = getattr(cfg, "ema", 0.0)
+        self.ema = ModelEmaV3(backbone, decay=decay, use_warmup=True) if decay else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)  # not trained: out of the optimiser and of DDP
 
     @classmethod
     def settings_of(cls, cfg: Any) -> Any:
@@ -92,7 +100,18 @@ class Method(nn.Module):
     def representation(self) -> nn.Module:
         """The network whose output is the learned representation: what the kNN monitor
         evaluates and `backbone.safetensors` holds."""
-        return self.backbone
+        return self.evaluated_backbone()
+
+    def evaluated_backbone(self) -> nn.Module:
+        """The backbone evaluation and export use: its weights' moving average with ema > 0,
+        else the trained weights."""
+        return self.backbone if self.ema is None else self.ema.module
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """After optimiser step `step` (1-based)."""
+        if self.ema is not None:
+            self.ema.update(self.backbone, step=step)
 
     @classmethod
     def build_views(cls, cfg: Any):

@@ -82,7 +82,7 @@ class Supervised(Method):
 
     def representation(self):
         # `idmm pretrain method=supervised`: the features before the classifier
-        return PreLogits(self.backbone)
+        return PreLogits(self.evaluated_backbone())
 
     @torch.no_grad()
     def prepare(self, images, indices, labels, rng: np.random.Generator, g: torch.Generator):
