@@ -102,6 +102,7 @@ def test_ablate_runs_the_papers_steps(tmp_path, capsys):
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "| + CutMix (= IDMM, paper-faithful) | 1 |" in printed and "| 79.9 |" in printed
+    assert "| fine-tune val top-1 (%) | fine-tune test top-1 (%) |" in printed
     plain = yaml_config(out / "ablate-plain" / "pretrain" / "config.yaml")
     assert plain["img_size"] == 28 and plain["aug"]["local_crops"] == 0  # full size, 2 crops
     assert plain["idmm"]["label_smoothing"] == 0 and plain["idmm"]["cutmix_alpha"] == 0
