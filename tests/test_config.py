@@ -162,3 +162,19 @@ def test_every_key_has_a_type_and_a_description(capsys):
     assert lines and all(x.startswith("aug.") and "(" in x and "#" in x for x in lines)
     assert main(["keys", "nosuch"]) == 2
     assert "no config key starts with 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_finetuning_runs_config_yaml_is_a_recipe(tmp_path):
+    """`idmm finetune --config runs/ft/config.yaml` repeats that run: its flat fine-tuning keys
+    are read as the recipe's `finetune:` section (they used to be unknown top-level keys)."""
+    import yaml
+
+    from idmm.config import finetune_config, to_dict
+
+    run = build_config("cpu/fmnist2040", {"finetune.epochs": 7, "finetune.init": "runs/pre"})
+    flat = to_dict(finetune_config(run))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(flat))
+    again = build_config(path)
+    assert again.finetune.epochs == 7 and again.finetune.init == "runs/pre"
+    assert to_dict(finetune_config(again)) == flat

@@ -198,7 +198,10 @@ def build_config(recipe: str | Path | None = None, overrides: dict[str, Any] | N
                  schema: type = RunConfig) -> Any:  # fmt: skip
     cfg = schema()
     if recipe is not None:
-        for k, v in load_yaml(recipe_path(recipe)).items():
+        data = load_yaml(recipe_path(recipe))
+        if schema is RunConfig and schema_of(data) is FinetuneConfig:
+            data = _as_recipe(data)
+        for k, v in data.items():
             set_key(cfg, k, v)
     written_for = copy.deepcopy(cfg.data)
     for k, v in (overrides or {}).items():
@@ -207,6 +210,15 @@ def build_config(recipe: str | Path | None = None, overrides: dict[str, Any] | N
         _leave_recipe_data(cfg, written_for, recipe, overrides or {})
     validate(cfg)
     return cfg
+
+
+def _as_recipe(flat: dict) -> dict:
+    """A fine-tuning run's config.yaml (its fine-tuning keys at the top level) as a recipe, so
+    that `--config runs/ft/config.yaml` repeats the run: those keys go under `finetune:`."""
+    tuning = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    recipe = {k: v for k, v in flat.items() if k not in tuning}
+    recipe["finetune"] = {k: v for k, v in flat.items() if k in tuning}
+    return recipe
 
 
 def _leave_recipe_data(cfg: Any, written_for: Any, recipe: Any, overrides: dict) -> None:
