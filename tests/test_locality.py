@@ -1,10 +1,8 @@
 """Shifted patch tokens, locality self-attention and the presets that use them (idmm.locality)."""
 
 import json
-from pkgutil import resolve_name
 
 import pytest
-import timm
 import torch
 
 import idmm
@@ -12,6 +10,7 @@ from idmm import models
 from idmm.builders import build_backbone, export_backbone
 from idmm.config import build_config
 from idmm.locality import LocalitySelfAttention, ShiftedPatchEmbed, shifted_copies
+from tests.test_run_export import _timm_from_export
 
 NEW_PRESETS = ("vit_cpu_small_conv_gap", "vit_cpu_small_conv_lsa", "vit_cpu_small_spt_lsa")
 
@@ -91,10 +90,7 @@ def test_spt_lsa_exports_to_plain_timm(tmp_path):
         "embed_layer": "idmm.locality.ShiftedPatchEmbed",
         "attn_layer": "idmm.locality.LocalitySelfAttention",
     }
-    overlay = dict(info["pretrained_cfg_overlay"], file=str(out / "model.safetensors"))
-    classes = {k: resolve_name(v) for k, v in info["import_kwargs"].items()}
-    plain = timm.create_model(info["model"], pretrained=True, pretrained_cfg_overlay=overlay,
-                              **info["kwargs"], **classes).eval()  # fmt: skip
+    _, plain = _timm_from_export(out)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(plain(x), ours(x), atol=1e-5)

@@ -45,57 +45,30 @@ class ConvStem(HybridEmbed):
 
 
 # name -> (timm architecture, keyword arguments)
+_SMALL = dict(patch_size=4, embed_dim=128, depth=4, num_heads=2)  # the CPU ViTs' shape
 PRESETS: dict[str, tuple[str, dict]] = {
     # 2.7M parameters; a 7x7 token grid at 28 px. ~25 s per FMNIST-2040 IDMM epoch on 2 cores.
     "vit_cpu": ("vit_tiny_patch16_224", dict(patch_size=4, embed_dim=192, depth=6, num_heads=3)),
     # 0.8M parameters; ~10 s per FMNIST-2040 IDMM epoch on 2 cores. The Fashion-MNIST default.
-    "vit_cpu_small": (
-        "vit_tiny_patch16_224",
-        dict(patch_size=4, embed_dim=128, depth=4, num_heads=2),
-    ),
+    "vit_cpu_small": ("vit_tiny_patch16_224", dict(_SMALL)),
     # 0.9M parameters: vit_cpu_small with a convolutional stem (ConvStem); ~1.3x the time per
     # epoch, and the CPU recipe's model (configs/cpu/fmnist2040.yaml).
-    "vit_cpu_small_conv": (
-        "vit_tiny_patch16_224",
-        dict(embed_layer=ConvStem, patch_size=4, embed_dim=128, depth=4, num_heads=2),
-    ),
+    "vit_cpu_small_conv": ("vit_tiny_patch16_224", dict(_SMALL, embed_layer=ConvStem)),
     # Issue 17's locality and pooling levers on the CPU recipe's ViT (idmm.locality):
     # global average pooling of the patch tokens instead of a class token
     "vit_cpu_small_conv_gap": (
         "vit_tiny_patch16_224",
-        dict(
-            embed_layer=ConvStem,
-            patch_size=4,
-            embed_dim=128,
-            depth=4,
-            num_heads=2,
-            class_token=False,
-            global_pool="avg",
-        ),
+        dict(_SMALL, embed_layer=ConvStem, class_token=False, global_pool="avg"),
     ),
     # locality self-attention (learned temperature, no attention to itself) after the conv stem
     "vit_cpu_small_conv_lsa": (
         "vit_tiny_patch16_224",
-        dict(
-            embed_layer=ConvStem,
-            attn_layer=LocalitySelfAttention,
-            patch_size=4,
-            embed_dim=128,
-            depth=4,
-            num_heads=2,
-        ),
+        dict(_SMALL, embed_layer=ConvStem, attn_layer=LocalitySelfAttention),
     ),
     # "Vision Transformer for Small-Size Datasets": shifted patch tokens and LSA, no conv stem
     "vit_cpu_small_spt_lsa": (
         "vit_tiny_patch16_224",
-        dict(
-            embed_layer=ShiftedPatchEmbed,
-            attn_layer=LocalitySelfAttention,
-            patch_size=4,
-            embed_dim=128,
-            depth=4,
-            num_heads=2,
-        ),
+        dict(_SMALL, embed_layer=ShiftedPatchEmbed, attn_layer=LocalitySelfAttention),
     ),
     # 0.9M parameters: the small-CNN reference (ResNet-style, 1 block per stage, output stride 8
     # so a 28-px image keeps a 4x4 map): what a ViT of the same size is measured against.
