@@ -2,6 +2,7 @@
 wall-clock assertion), the decided epochs are recorded and kept on resume, bad durations are
 refused."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,10 +13,14 @@ import pytest
 import yaml
 
 import idmm
-from idmm.config import ConfigError, build_config
+from idmm.builders import load_data, runtime
+from idmm.commands import run as run_mod
+from idmm.commands.finetune import probe
+from idmm.config import ConfigError, build_config, finetune_config
 from idmm.engine import budget as budget_mod
 from idmm.engine import trainer as trainer_mod
 from idmm.engine.budget import RESERVE, Budget, parse_duration
+from idmm.rundir import RunDir
 
 TINY = dict(data="fashion-mnist", subset_per_class=12, model="vit_test", img_size=16,
             batch_size=24, progress="log", threads=1, knn_every=0,
@@ -40,6 +45,7 @@ class FakeClock:
 
     def __init__(self):
         self.now, self.first, self.epochs = 0.0, 1.0, 0
+        self.pace = {}  # stage -> seconds of its later epochs (default 1 s)
 
     def read(self) -> float:
         self.now += 1e-6
@@ -55,7 +61,7 @@ def clock(monkeypatch):
 
     def one_second_epoch(self):
         loss = real(self)
-        c.now += c.first if self.epoch == 0 else 1.0
+        c.now += c.first if self.epoch == 0 else c.pace.get(self.stage, 1.0)
         return loss
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", one_second_epoch)
@@ -85,21 +91,55 @@ def test_the_recheck_goes_by_the_pace_after_the_first_epoch(tmp_path, clock):
     assert r["pretrain"]["epochs"] == 15 and clock.now < 20.5
 
 
-def test_run_shares_the_budget_between_its_stages_by_planned_cost(tmp_path, clock):
+@pytest.fixture
+def probed(monkeypatch):
+    """The stages after pre-training timed at `probed.epoch_s` (real probes time real steps)."""
+
+    class Probe:
+        epoch_s = 1.0
+
+    monkeypatch.setattr(run_mod, "probe", lambda cfg: lambda data, rt: Probe.epoch_s)
+    return Probe
+
+
+@pytest.mark.parametrize("pace,expected", [(1.0, (37, 18)), (2.0, (22, 11))])
+def test_every_stage_gets_the_same_scale_of_its_recipe_epochs(tmp_path, clock, probed, pace,
+                                                              expected):  # fmt: skip
+    """Pre-training at 1 s or 2 s an epoch (a slower method), fine-tuning timed at 1 s: the
+    split stays the recipe's 20 : 10 either way; the budget sets its length."""
+    clock.first, clock.pace = pace, {"pre-training": pace}
     out = tmp_path / "run"
-    r = idmm.run(out=str(out), epochs=10, budget="41s", baseline=True,
-                 **{"finetune.epochs": 10}, **TINY)  # fmt: skip
-    pre, ft, scratch = (r[k]["epochs"] for k in ("pretrain", "finetune", "scratch"))
-    # planned: pre-training 10 x (2 x 16^2 + 6 x 8^2) pixels, fine-tuning 10 x 16^2,
-    # scratch 20 x 16^2: pre-training gets its share of 95% of 41 s
-    aug = build_config(overrides=TINY).aug
-    cost = {"pre": 10 * (aug.global_crops * 256 + aug.local_crops * 64), "ft": 2560,
-            "scratch": 5120}  # fmt: skip
-    assert pre == int(41 * (1 - RESERVE) * cost["pre"] / sum(cost.values())) == 19
-    assert ft >= 1 and scratch >= ft  # each its share of what is left when it starts
-    assert pre + ft + scratch <= 41  # 1 s an epoch: within the budget
+    r = idmm.run(out=str(out), epochs=20, budget="62s", **{"finetune.epochs": 10}, **TINY)
+    pre, ft = r["pretrain"]["epochs"], r["finetune"]["epochs"]
+    # after epoch 1: 90% of the time left, scale (usable + pace) / (20 pace + 10 x 1 s)
+    usable = (62 - pace) * (1 - RESERVE)
+    scale = (usable + pace) / (20 * pace + 10)
+    assert (pre, ft) == (int(20 * scale), int(10 * scale)) == expected
+    assert clock.now < 62
     ran = yaml.safe_load((out / "config.yaml").read_text())
     assert ran["epochs"] == pre and ran["finetune"]["epochs"] == ft
+
+
+def test_a_later_stage_slower_than_timed_trains_only_what_fits(tmp_path, clock, probed):
+    probed.epoch_s = 0.5  # fine-tuning really takes 1 s an epoch
+    r = idmm.run(out=str(tmp_path / "run"), epochs=20, budget="62s", baseline=True,
+                 **{"finetune.epochs": 10}, **TINY)  # fmt: skip
+    pre, ft, scratch = (r[k]["epochs"] for k in ("pretrain", "finetune", "scratch"))
+    scale = ((62 - 1) * (1 - RESERVE) + 1) / (20 + 0.5 * 10 + 0.5 * 30)  # (checked again at 3)
+    assert abs(pre - 20 * scale) <= 1 and ft <= 10 * scale + 1 and scratch < int(30 * scale)
+    assert clock.now < 62  # cut to what fits at the pace measured
+
+
+def test_the_probe_times_a_finetuning_epoch(tmp_path):
+    """A real probe: a few steps of a throwaway classifier, nothing written."""
+    cfg = build_config(overrides=TINY)
+    rt = runtime(cfg)
+    data = load_data(cfg, RunDir(tmp_path / "r"), with_test=False).train
+    ft = finetune_config(cfg)
+    ft.img_size, ft.model = 16, "vit_test"
+    assert probe(ft)(data, rt) > 0
+    unlabelled = dataclasses.replace(data, labels=None)
+    assert probe(ft)(unlabelled, rt) > 0
 
 
 def test_a_killed_budget_run_resumes_with_the_epochs_it_was_given(tmp_path):
@@ -123,13 +163,22 @@ def test_a_killed_budget_run_resumes_with_the_epochs_it_was_given(tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == decided
 
 
-def test_shares_follow_the_planned_costs(monkeypatch):
+def test_the_scale_is_decided_once_and_kept_on_resume(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(budget_mod.time, "monotonic", lambda: now[0])
-    b = Budget("100s", {"a": 3.0, "b": 1.0})
-    assert b.share("a") == pytest.approx(100 * (1 - RESERVE) * 0.75)
-    now[0] = 50.0
+    b = Budget("100s", {"a": 30, "b": 10})
+    b.probes["b"] = lambda data, rt: 2.0
+    now[0] = 1.0  # a's first epoch: 1 s
+    # usable 99 x 0.9; scale (89.1 + 1) / (30 x 1 + 10 x 2) = 1.802
+    assert b.plan("a", 1, 1.0) == 54 and b.planned("b") == 18
     b.finished("a")
-    assert b.share("b") == pytest.approx(50 * (1 - RESERVE))  # the last stage: all that is left
+    now[0] = 59.0
+    assert b.plan("b", 1, 2.0) == 18  # fits: 1 + 36.9 // 2 > 18
     b.finished("b", earlier_s=10.0)  # time an earlier (killed) invocation spent
-    assert b.left() == pytest.approx(40.0)
+    assert b.left() == pytest.approx(31.0)
+    resumed = Budget("100s", {"a": 30, "b": 10})
+    resumed.adopt("a", 54)  # a resumed stage: the later ones keep its scale
+    assert resumed.planned("b") == 18
+    assert Budget("1m", {}).plan("alone", 1, 1.0) == 1 + int(
+        60 * (1 - RESERVE)
+    )  # its clock starts now

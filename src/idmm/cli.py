@@ -45,8 +45,8 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   data.val=DIR data.test=DIR  validation / test sets; else held out of the training images
                        (data.val_fraction=0.1, data.test_fraction=0.2, data.split_seed=0)
   baseline=true        idmm run: also train from scratch for the same total epochs
-  budget=20m           the whole command within 20 minutes: each stage's epochs set after its
-                       first epoch (90s, 20m, 2h, 1h30m)
+  budget=20m           the whole command within 20 minutes: every stage's epochs scaled alike,
+                       after the first epoch (90s, 20m, 2h, 1h30m)
 recipes: --config cpu/fmnist2040 (CPU, ~7 min), paper/flowers102_deit_tiny ... (`idmm recipes`);
   a path to a YAML file works too
 run `idmm keys` for every key and its default.

@@ -15,14 +15,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import models, plots
 from ..builders import (
     Dataset,
+    auto_batch_size,
     build_method,
     export_backbone,
     load_data,
@@ -41,7 +46,7 @@ from ..config import (
 )
 from ..data.cache import CachedData
 from ..data.sources import DataError
-from ..engine.budget import Budget, finetune_cost
+from ..engine.budget import Budget
 from ..engine.distributed import Runtime, barrier
 from ..engine.log import use_bar
 from ..engine.trainer import Trainer
@@ -106,7 +111,9 @@ def run_finetune(cfg: FinetuneConfig, inherit: RunDir | None = None,
     if rt.is_main:
         run.write_config(cfg)
     if own_budget:
-        budget.planned = finetune_costs(cfg, stage)
+        budget.epochs = stage_epochs(cfg, stage)
+        if cfg.stage2_epochs:
+            budget.probes[f"{stage} stage 2"] = probe(stage2_config(cfg, rt.world_size))
     result = train_stage(cfg, rt, 1, data, run, weights, log, budget, stage)
     if cfg.stage2_epochs:
         stage1 = result
@@ -118,13 +125,41 @@ def run_finetune(cfg: FinetuneConfig, inherit: RunDir | None = None,
     return result
 
 
-def finetune_costs(cfg, stage: str = "fine-tuning") -> dict[str, float]:
-    """The planned cost of fine-tuning's stages (budget=), named as run_finetune names them."""
-    size = cfg.img_size
-    costs = {stage: finetune_cost(cfg.epochs, size)}
+def stage_epochs(cfg, stage: str = "fine-tuning") -> dict[str, int]:
+    """The recipe's epochs of fine-tuning's stages (budget=), named as run_finetune names them."""
+    epochs = {stage: cfg.epochs}
     if cfg.stage2_epochs:
-        costs[f"{stage} stage 2"] = finetune_cost(cfg.stage2_epochs, cfg.stage2_img_size or size)
-    return costs
+        epochs[f"{stage} stage 2"] = cfg.stage2_epochs
+    return epochs
+
+
+def probe(cfg: FinetuneConfig, steps: int = 3):
+    """budget=: a function timing a fine-tuning epoch of `cfg` before it runs, on `steps` steps
+    (after one to warm up) of a throwaway classifier (random weights) over the training data
+    of the stage that asks (its labels, or zeros where it has none)."""
+
+    def epoch_seconds(data: CachedData, rt: Runtime) -> float:
+        c = copy.deepcopy(cfg)
+        c.batch_size = min(c.batch_size or auto_batch_size(len(data), rt.world_size), len(data))
+        c.lr, c.compile, c.ema = c.lr or 1e-3, False, 0.0
+        if c.data.mean is None:  # the values do not change the time
+            c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        classes = data.classes if data.labels is not None else ["a", "b"]
+        labels = data.labels if data.labels is not None else torch.zeros(len(data), dtype=int)
+        data = dataclasses.replace(data, labels=labels, classes=classes)
+        method = build_method(c, rt, len(data), len(classes), "supervised")
+        with tempfile.TemporaryDirectory() as d:
+            trainer = Trainer(c, method, data, rt, RunDir(d), logging.getLogger(__name__))
+            rng, g = np.random.default_rng(0), torch.Generator(device=rt.device).manual_seed(0)
+            idx = torch.arange(c.batch_size)
+            trainer.train_step(idx, rng, g)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step(idx, rng, g)
+            step_s = (time.perf_counter() - t0) / steps
+        return step_s * trainer.steps_per_epoch
+
+    return epoch_seconds
 
 
 def find_weights(init: str | Path) -> tuple[Path, RunDir | None]:

@@ -19,25 +19,27 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import auto, plots
-from ..builders import make_config, training_source
+from .. import plots
+from ..builders import make_config
 from ..config import FinetuneConfig, finetune_config, pretrain_config, run_config
-from ..engine.budget import Budget, pretrain_cost
+from ..engine.budget import Budget
 from ..engine.distributed import is_main_process
 from ..methods import display_name, get_method
 from ..rundir import RunDir
 from .evaluate import frozen_features, knn, linear
-from .finetune import finetune_costs, run_finetune
+from .finetune import probe, run_finetune, stage2_config, stage_epochs
 from .pretrain import run_pretrain
 
 
 def run(config: Any = None, **overrides: Any) -> dict:
     """The whole pipeline; returns the combined results (also in out/results.json)."""
     cfg = make_config(config, **overrides)
-    budget = Budget(cfg.budget, planned_costs(cfg)) if cfg.budget else None  # the clock starts
+    budget = Budget(cfg.budget, {}) if cfg.budget else None  # the clock starts
     out = RunDir(cfg.out)
     pre = pretrain_config(cfg)
     pre.out = str(out.stage("pretrain").path)
+    if budget is not None:
+        plan_budget(budget, cfg, pre, out)
     run_pretrain(pre, budget)  # resolves pre's model, sizes and normalisation in place
     pre_run = out.stage("pretrain")
     where = {"device": pre.device, "precision": pre.precision}
@@ -69,19 +71,23 @@ def run(config: Any = None, **overrides: Any) -> dict:
     return results
 
 
-def planned_costs(cfg) -> dict[str, float]:
-    """budget=: each stage's planned cost (its epochs x pixels per image), as the stages name
-    themselves; the sizes resolved as the stages will resolve them."""
-    _, size, local = auto.resolve_model(cfg, lambda: training_source(cfg), log=False)
-    f = cfg.finetune
-    ft = dataclasses.replace(f, img_size=f.img_size or size)
-    aug = dataclasses.replace(cfg.aug, local_size=cfg.aug.local_size or local)
-    costs = {"pre-training": pretrain_cost(cfg.epochs, size, aug),
-             **finetune_costs(ft, "fine-tuning")}  # fmt: skip
+def plan_budget(budget: Budget, cfg, pre, out: RunDir) -> None:
+    """budget=: the recipe's epochs of every stage, and how to time the stages after
+    pre-training before they run (on pre-training's data, once its settings are resolved)."""
+    budget.epochs = {"pre-training": cfg.epochs, **stage_epochs(cfg.finetune, "fine-tuning")}
     if cfg.baseline:
-        scratch = dataclasses.replace(ft, epochs=cfg.epochs + f.epochs)
-        costs.update(finetune_costs(scratch, "scratch"))
-    return costs
+        scratch = dataclasses.replace(cfg.finetune, epochs=cfg.epochs + cfg.finetune.epochs)
+        budget.epochs.update(stage_epochs(scratch, "scratch"))
+
+    def timed(second: bool):
+        def epoch_seconds(data, rt) -> float:
+            ft = _stage(cfg, pre, out.stage("finetune"))
+            return probe(stage2_config(ft, rt.world_size) if second else ft)(data, rt)
+
+        return epoch_seconds
+
+    for name in ("fine-tuning", "scratch"):  # the same model, recipe and so pace
+        budget.probes[name], budget.probes[f"{name} stage 2"] = timed(False), timed(True)
 
 
 def _stage(cfg, pre, run: RunDir) -> FinetuneConfig:

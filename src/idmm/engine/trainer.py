@@ -26,7 +26,7 @@ from ..data.cache import CachedData
 from ..methods.base import Method
 from ..methods.sharded_head import gather_rows, local_rows
 from ..rundir import RunDir
-from .budget import Budget, epochs_within
+from .budget import Budget
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Runtime, all_reduce_mean, all_reduce_sum
 from .log import tensorboard, use_bar
@@ -193,6 +193,8 @@ class Trainer:
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
         self.train_time_s = ckpt.get("train_time_s", 0.0)
+        if self.budget is not None:
+            self.budget.adopt(self.stage, saved["epochs"])
         if self.budget is not None and saved["epochs"] != self.cfg.epochs:
             self.cfg.epochs = saved["epochs"]  # the epochs its budget gave it when it started
             self.total_steps = self.steps_per_epoch * self.cfg.epochs
@@ -208,7 +210,6 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
-        allowed = None  # seconds this stage may take (budget=), decided at its start
         if cfg.resume and self.ckpt_path.is_file():
             self.resume()
         else:
@@ -216,8 +217,7 @@ class Trainer:
                 self.log.info(f"resume=true but no checkpoint at {self.ckpt_path}: starting anew")
             torch.manual_seed(epoch_seed(cfg.seed, 0, 0))
             self.method.on_train_start(self.images)
-            if self.budget is not None:
-                allowed = self.budget.share(self.stage)
+        planning = self.budget is not None and self.epoch == 0  # budget=: epochs to decide
         earlier_s = self.train_time_s  # of an earlier invocation, when resumed
         start = time.perf_counter()
         seen = 0
@@ -246,12 +246,12 @@ class Trainer:
             # budget=: the epochs after the first one, checked again at a tenth of them at the
             # pace since the first (which also paid for warm-up and any compilation), both
             # still early in the schedule
-            if allowed is not None and self.epoch == 1:
+            if planning and self.epoch == 1:
                 first_s = time.perf_counter() - start
-                self.set_epochs(allowed, first_s, first_s)
-            elif allowed is not None and self.epoch == max(3, cfg.epochs // 10):
+                self.set_epochs(first_s)
+            elif planning and self.epoch == max(3, cfg.epochs // 10):
                 spent = time.perf_counter() - start
-                self.set_epochs(allowed, spent, (spent - first_s) / (self.epoch - 1))
+                self.set_epochs((spent - first_s) / (self.epoch - 1))
             self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
                 self.run.append_metrics(last)
@@ -286,12 +286,11 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
         }
 
-    def set_epochs(self, allowed: float, spent: float, epoch_s: float) -> None:
-        """budget=: the epochs done and as many more as fit in what is left of this stage's
-        share at `epoch_s` an epoch; written to config.yaml (and so to every checkpoint:
-        resume keeps them)."""
+    def set_epochs(self, epoch_s: float) -> None:
+        """budget=: the epochs the budget gives this stage at `epoch_s` an epoch (see
+        engine.budget); written to config.yaml (and so to every checkpoint: resume keeps them)."""
         cfg, asked = self.cfg, self.cfg.epochs
-        epochs = self.epoch + epochs_within(allowed - spent, epoch_s)
+        epochs = self.budget.plan(self.stage, self.epoch, epoch_s, self.data, self.rt)
         if self.rt.distributed:  # every process must run the same epochs: their mean, rounded
             epochs = int(round(all_reduce_mean(float(epochs), self.rt)))
         if self.epoch > 1 and epochs == asked:
@@ -300,10 +299,13 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if self.rt.is_main:
             self.run.write_config(cfg)
+            b = self.budget
+            later = "".join(f", {s} {b.planned(s)} at ~{b.paces[s]:.1f} s" for s in b.epochs
+                            if s != self.stage and b.scale is not None)  # fmt: skip
             self.log.info(
-                f"budget={self.budget.text}: {self.stage} may take {allowed / 60:.1f} min; at "
-                f"{epoch_s:.1f} s an epoch that is {cfg.epochs} epochs (planned: {asked}); "
-                f"{self.budget.left() / 60:.1f} min left for the whole command"
+                f"budget={b.text}: {self.stage} {cfg.epochs} epochs at {epoch_s:.1f} s each "
+                f"(planned: {asked}; the recipe's epochs x {b.scale or 0:.2f}{later}); "
+                f"{b.left() / 60:.1f} min left for the whole command"
             )
 
     def train_epoch(self) -> float:
