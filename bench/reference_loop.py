@@ -22,7 +22,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from idmm.config import AugConfig
-from idmm.methods.idmm import IDMMConfig
+from idmm.methods.settings import IDMMConfig
 from idmm.models import PRESETS
 
 MEAN, STD = (0.286,) * 3, (0.353,) * 3  # FMNIST's statistics (grey replicated to RGB)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from idmm import cli, compare, transfer
+from idmm.commands.transfer import transfer_table
 from idmm.config import ConfigError
 
 TINY = dict(model="vit_test", img_size=16, epochs=1, batch_size=16, progress="log",
@@ -60,6 +61,22 @@ def test_transfer_matrix_reuses_finished_runs(tmp_path):
     ft = json.loads((out / "finetune" / "fashion-mnist-to-sklearn-digits" / "results.json")
                     .read_text())["finetune"]  # fmt: skip
     assert ft["train_images"] == 1297 and ft["test_images"] == 355
+
+
+def test_transfer_over_seeds_pairs_each_cell_with_the_targets_own_pretraining(tmp_path):
+    out = tmp_path / "tr"
+    r = transfer(sources="sklearn-digits,fashion-mnist", targets="sklearn-digits", seeds=2,
+                 data="fashion-mnist", subset_per_class=8, out=str(out), **TINY)  # fmt: skip
+    assert r["seeds"] == 2 and list(r["per_seed"]) == ["0", "1"]
+    assert (out / "seed_1" / "finetune" / "fashion-mnist-to-sklearn-digits").is_dir()
+    cells = [m[1][0] for m in r["per_seed"].values()]
+    assert r["top1"][1][0] == pytest.approx(sum(cells) / 2)
+    own, other = r["vs_own"][0][0], r["vs_own"][1][0]
+    assert own is None  # the target's own row
+    digits = [m[0][0] for m in r["per_seed"].values()]
+    assert other["mean"] == pytest.approx(sum(cells) / 2 - sum(digits) / 2)
+    assert "p" in other and "Difference to the target's own" in transfer_table(r)
+    assert "2 seed(s)" in (out / "transfer.md").read_text()
 
 
 def test_transfer_needs_sources_and_targets(capsys):

@@ -75,6 +75,8 @@ idmm ablate takes, besides the config keys:
 idmm transfer takes, besides the config keys:
   sources=A,B          datasets to pre-train on (names, folders or CSVs)
   targets=C,D          datasets to fine-tune each pre-training on
+  seeds=3              repeats (as idmm compare); each cell paired with the target's own
+                       pre-training (draws=fixed keeps one draw of the data)
 """,
     "sweep": """\
 idmm sweep takes, besides the config keys:
@@ -445,13 +447,20 @@ def _checkpoints(out: Path) -> list[Path]:
     return list(out.glob("**/checkpoints/last.ckpt"))
 
 
+def _main_process() -> bool:
+    """Rank 0 or the only process, without importing torch for commands that never load it."""
+    if "torch" not in sys.modules:
+        return True
+    from .engine.distributed import is_main_process
+
+    return is_main_process()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .config_types import CheckpointError, TrainingError
     from .data.sources import DataError
-    from .engine.checkpoint import CheckpointError
-    from .engine.distributed import is_main_process, teardown
     from .engine.log import warnings_as_log_lines
-    from .engine.trainer import TrainingError
 
     out = _out_dir(args)
     existed = out is not None and out.exists()
@@ -461,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             VERBS[args.command](args)
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"idmm: error: {e}", file=sys.stderr)
-        if is_main_process():
+        if _main_process():
             _after_failure(str(e), out, existed)
         return 2
     except KeyboardInterrupt:
@@ -477,5 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # Under torchrun, exiting with the gloo group alive lets its threads abort the process
         # at interpreter shutdown ("terminate called without an active exception").
-        teardown()
+        if "torch" in sys.modules:  # a command that trained (keys and --help never load it)
+            from .engine.distributed import teardown
+
+            teardown()
     return 0

@@ -37,7 +37,7 @@ from .config_schema import (  # noqa: F401  (the schema is part of this module's
     schema_of,
 )
 from .config_types import ConfigError, coerce
-from .methods import get_method
+from .methods import check_name
 
 CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -281,7 +281,7 @@ def validate(cfg: Any, obj: Any = None, prefix: str = "") -> None:
     """Every value in range, recursively; the error names the full key."""
     obj = cfg if obj is None else obj
     if obj is cfg and hasattr(cfg, "method"):
-        get_method(cfg.method)  # an unknown name fails now, naming the valid ones
+        check_name(cfg.method)  # an unknown name fails now, naming the valid ones
     for key, ok, need in _problems(obj):
         if not ok:
             raise ConfigError(f"config key '{prefix}{key}' must be {need}")

@@ -19,6 +19,15 @@ class ConfigError(ValueError):
     """A bad key or value in a config, a recipe or a `key=value` override."""
 
 
+# (here, free of torch, so that the CLI can catch them without importing the engine)
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file that cannot be read or does not fit (engine.checkpoint)."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: a non-finite loss, a batch larger than the data (engine.trainer)."""
+
+
 def _parse_scalar(text: str) -> Any:
     """YAML scalar parsing, plus floats like `1e-3` that YAML 1.1 (PyYAML) reads as strings."""
     try:

@@ -64,16 +64,12 @@ def compare(config: Any = None, methods: str | list[str] = DEFAULT_METHODS,
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ConfigError(f"methods=: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
-    n_seeds = int(seeds) if str(seeds).isdigit() else 0
-    if n_seeds < 1:
-        raise ConfigError(f"seeds={seeds}: give how many seeds to run, e.g. seeds=3")
-    if draws not in ("per_seed", "fixed"):
-        raise ConfigError(f"draws={draws}: per_seed (each seed its own subset and splits) or fixed")
+    n_seeds, fixed = seeds_and_draws(seeds, draws)
     out, per_seed = Path(cfg.out), {}
     # baselines without pre-training run last, on the splits the first pre-training recorded
     order = sorted(names, key=_from_scratch)
     for k in range(n_seeds):
-        base = _seeded(cfg, k, draws == "fixed")
+        base = seeded(cfg, k, fixed)
         where = out if n_seeds == 1 else out / f"seed_{base.seed}"
         first = RunDir(where / order[0] / "pretrain")
         rows = {name: _one(name, base, where, first) for name in order}
@@ -84,7 +80,17 @@ def compare(config: Any = None, methods: str | list[str] = DEFAULT_METHODS,
     return summary
 
 
-def _seeded(cfg: RunConfig, k: int, fixed: bool) -> RunConfig:
+def seeds_and_draws(seeds: int | str, draws: str) -> tuple[int, bool]:
+    """seeds= and draws= checked: (how many seeds, whether the draw of the data is fixed)."""
+    n_seeds = int(seeds) if str(seeds).isdigit() else 0
+    if n_seeds < 1:
+        raise ConfigError(f"seeds={seeds}: give how many seeds to run, e.g. seeds=3")
+    if draws not in ("per_seed", "fixed"):
+        raise ConfigError(f"draws={draws}: per_seed (each seed its own subset and splits) or fixed")
+    return n_seeds, draws == "fixed"
+
+
+def seeded(cfg: RunConfig, k: int, fixed: bool) -> RunConfig:
     c = copy.deepcopy(cfg)
     c.seed = cfg.seed + k
     if not fixed:  # another draw of the subset and of the held-out splits, too

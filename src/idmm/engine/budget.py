@@ -3,9 +3,9 @@
 The recipe's epochs give the split between stages, the budget their length: after its first
 epoch, the first stage times itself and (a few steps each) the stages after it, and scales every
 stage's epochs by one factor so that the whole command, less a reserve for what runs between and
-after the stages (evaluation, export), ends within the budget. The scale is checked again at a
-tenth of the first stage. What a stage decided is written to its config.yaml and checkpoint, so
-`resume=true` continues with the same epochs.
+after the stages (evaluation, export), ends within the budget. The scale is checked again at
+every tenth of the first stage, at its pace since the first epoch. What a stage decided is
+written to its config.yaml and checkpoint, so `resume=true` continues with the same epochs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from ..config_types import ConfigError
 
-# of the time left: evaluations, exports, the start of the next stage, and a pace that varies
-# (+-20% between epochs on a shared 2-core machine; a probe of 3 steps misses some of it)
-RESERVE = 0.10
+# of the whole budget, kept free for what is not training: the evaluations between and after
+# the stages (~15 s on 10,000 test images on 2 cores), exports, the start of the next stage
+RESERVE = 0.08
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -54,7 +54,8 @@ class Budget:
         self.start = time.monotonic()
         self.epochs = dict(stages)  # the recipe's epochs of the stages still to run
         self.probes: dict[str, Probe] = {}
-        self.paces: dict[str, float] = {}  # seconds an epoch: probed, or measured
+        self.relative: dict[str, float] = {}  # each stage's pace / the first stage's
+        self.paces: dict[str, float] = {}  # seconds an epoch, as last estimated
         self.scale: float | None = None
         self.decider: str | None = None  # the stage that set the scale
         self.spent_before = 0.0  # in earlier invocations of a resumed command
@@ -64,23 +65,34 @@ class Budget:
 
     def plan(self, stage: str, done: int, epoch_s: float, data=None, rt=None) -> int:
         """The epochs of `stage`, which has trained `done` epochs at about `epoch_s` seconds
-        each: scale x its recipe epochs, no more than fit in the time left (less the
-        reserve and what the stages after it will take)."""
-        usable = max(0.0, self.left() * (1 - RESERVE))
-        self.paces[stage] = epoch_s
+        each: scale x its recipe epochs, fewer where it and the stages after it would not fit
+        in the time left less the reserve."""
+        usable = max(0.0, self.left() - RESERVE * self.seconds)
         later = [s for s in self.epochs if s != stage]
         if stage not in self.epochs:  # not planned: all that is left
             return done + epochs_within(usable, epoch_s)
-        for s in later:
-            if s not in self.paces:
-                self.paces[s] = self.probes[s](data, rt) if s in self.probes else epoch_s
+        if not self.relative:  # the first stage to plan: the others are timed against it
+            self.relative[stage] = 1.0
+        mine = self.relative.get(stage, 1.0)
+        for s in later:  # timed once, kept as a ratio to the first stage's pace
+            if s not in self.relative:
+                probed = self.probes[s](data, rt) if s in self.probes else epoch_s
+                self.relative[s] = mine * probed / max(epoch_s, 1e-9)
+        # the machine's pace drifts (other work, clocks): the later stages' estimates follow
+        # this stage's latest pace
+        now = epoch_s / mine
+        self.paces = {s: self.relative[s] * now for s in [stage, *later]}
         if self.scale is None or self.decider == stage:
             self.decider = stage
             cost = sum(self.epochs[s] * self.paces[s] for s in self.epochs)
             self.scale = (usable + done * epoch_s) / max(cost, 1e-9)
-        after = sum(self.planned(s) * self.paces[s] for s in later)
-        fit = done + epochs_within(usable - after, epoch_s)
-        return max(done, min(self.planned(stage), fit))
+        # at these paces, this stage's rest and the later stages' plans may not fit (a pace
+        # timed too fast): then this stage's rest shrinks by the factor they all would
+        # (each later stage does the same when it starts, with its own pace measured)
+        rest = max(0, self.planned(stage) - done)
+        need = rest * epoch_s + sum(self.planned(s) * self.paces[s] for s in later)
+        shrink = min(1.0, usable / need) if need > 0 else 1.0
+        return done + int(rest * shrink + 1e-9)
 
     def planned(self, stage: str) -> int:
         return max(1, int(self.scale * self.epochs[stage] + 1e-9))  # down: within the budget

@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    pass
+from ..config_types import CheckpointError  # noqa: F401  (raised here; defined there)
 
 
 def atomic_write(path: str | Path, write) -> None:

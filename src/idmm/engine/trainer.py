@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..config import to_dict
+from ..config_types import TrainingError  # noqa: F401  (raised here; defined there)
 from ..data.augment import ShardGenerator
 from ..data.cache import CachedData
 from ..methods.base import Method
@@ -32,10 +33,6 @@ from .distributed import Runtime, all_reduce_mean, all_reduce_sum
 from .log import tensorboard, use_bar
 
 Hook = Callable[[int], dict]  # epoch (1-based, completed) -> metrics to add to that epoch's record
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float) -> float:
@@ -243,13 +240,14 @@ class Trainer:
                 last["skipped_steps"] = self.skipped_steps
             for hook in self.hooks:
                 last.update(hook(self.epoch))
-            # budget=: the epochs after the first one, checked again at a tenth of them at the
-            # pace since the first (which also paid for warm-up and any compilation), both
-            # still early in the schedule
+            # budget=: the epochs after the first one, checked again at every tenth of them at
+            # the pace since the first (which also paid for warm-up and any compilation); a
+            # change late in the cosine schedule is a few epochs, as the pace drifts
             if planning and self.epoch == 1:
                 first_s = time.perf_counter() - start
                 self.set_epochs(first_s)
-            elif planning and self.epoch == max(3, cfg.epochs // 10):
+                recheck = max(3, cfg.epochs // 10)
+            elif planning and self.epoch % recheck == 0:  # (the last epoch too: may add some)
                 spent = time.perf_counter() - start
                 self.set_epochs((spent - first_s) / (self.epoch - 1))
             self.train_time_s += time.perf_counter() - t0

@@ -13,12 +13,7 @@ import math
 
 import torch
 
-# Half-decades for z-scored inputs and SGD momentum 0.9 (effective step 10 lr). With no weight
-# decay a small lr (few effective steps) is the regulariser: on noisy synthetic features of the
-# target sizes the optimum was 1e-3..3e-3 (3e-4 close behind on 5x the samples), 1.0 never won,
-# clean data was flat; on IDMM features of FMNIST-2040, 0.3 won, so 1.0 closes the grid. A
-# diverging lr just loses the selection. Eight heads cost ~1.4x four.
-DEFAULT_LRS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+from ..config_schema import DEFAULT_LRS  # (why these: there)
 
 
 def _stats(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

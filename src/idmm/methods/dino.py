@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,43 +23,7 @@ from torch import nn
 
 from ..engine.distributed import all_reduce_sum, rank_and_world
 from .base import Method, register
-
-
-@dataclass
-class DINOConfig:
-    """The `dino.*` settings: DINO (Caron et al. 2021) as the paper's baseline, teacher
-    temperature 0.04, momentum 0.996; its crops (112 px, globals (0.4, 1), 2 locals) are in
-    configs/paper/*dino*.yaml."""
-
-    out_dim: int | None = None  # prototypes; None = 65536 on CUDA (the paper's), 4096 on CPU
-    hidden_dim: int = 2048  # width of the head's 3-layer MLP
-    bottleneck_dim: int = 256  # L2-normalised bottleneck before the prototypes
-    student_temp: float = 0.1  # softmax temperature of the student
-    teacher_temp: float = 0.04  # softmax temperature of the teacher (after warm-up)
-    warmup_teacher_temp: float = 0.04  # linear warm-up of the teacher temperature from this
-    warmup_teacher_temp_epochs: int = 0  # ... over this many epochs
-    center_momentum: float = 0.9  # EMA momentum of the centre of the teacher's outputs
-    momentum_teacher: float = 0.996  # EMA momentum, raised to 1 on a cosine over training
-    # DINO's optimiser: weight decay on weights (not biases and norms) from weight_decay to
-    # weight_decay_end on a cosine; each parameter's gradient norm clipped at clip_grad; the
-    # prototypes (last layer) frozen for the first freeze_last_layer epochs.
-    weight_decay: float = 0.04  # weight decay at the start of training
-    weight_decay_end: float = 0.4  # weight decay at the end of training
-    clip_grad: float = 3.0  # 0 = off
-    freeze_last_layer: int = 1  # epochs with the prototypes frozen
-
-    def problems(self) -> list[tuple[str, bool, str]]:
-        return [
-            ("student_temp", self.student_temp > 0, "positive"),
-            ("teacher_temp", self.teacher_temp > 0, "positive"),
-            ("warmup_teacher_temp", self.warmup_teacher_temp > 0, "positive"),
-            ("momentum_teacher", 0 <= self.momentum_teacher <= 1, "in [0, 1]"),
-            ("center_momentum", 0 <= self.center_momentum <= 1, "in [0, 1]"),
-            ("weight_decay", self.weight_decay >= 0, "0 or more"),
-            ("weight_decay_end", self.weight_decay_end >= 0, "0 or more"),
-            ("clip_grad", self.clip_grad >= 0, "0 (off) or more"),
-            ("freeze_last_layer", self.freeze_last_layer >= 0, "0 (off) or more"),
-        ]
+from .settings import DINOConfig
 
 
 class DINOHead(nn.Module):

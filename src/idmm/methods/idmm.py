@@ -27,45 +27,8 @@ from ..eval.features import extract_features
 from ..losses import mixed_soft_ce
 from ..models import trunc_normal_linear
 from .base import Method, register
+from .settings import IDMMConfig
 from .sharded_head import ShardedInstanceHead
-
-
-@dataclass
-class IDMMConfig:
-    """The `idmm.*` settings."""
-
-    cutmix_alpha: float = 0.5  # CutMix lambda ~ Beta(alpha, alpha); 0 = off
-    cutmix_p: float = 1.0  # the paper mixes every batch
-    label_smoothing: float = 0.1  # label smoothing of the N-way instance targets
-    head_lr_scale: float = 1.0  # lr multiplier of the N-way instance head
-    # "random" (the paper: trunc-normal rows) or "imprint": row i starts as image i's own
-    # feature, scaled so logits start as cosine similarities / imprint_temperature.
-    head_init: str = "random"  # random | imprint (row i starts as image i's feature)
-    imprint_temperature: float = 0.1  # head_init=imprint: logits start as cosine / this
-    # Under torchrun: each process holds N/K rows of the head and the softmax is computed across
-    # processes (for large N, e.g. ImageNet's 1.28M instances); results equal the replicated head.
-    shard_head: bool = False  # shard the N-way instance head across DDP processes
-    head: str = "linear"  # linear (the paper) | cosine (unit rows and features / temperature)
-    temperature: float = 0.1  # head=cosine: logits are cosine similarities / this
-    projector: int = 0  # hidden width of an MLP between backbone and head; 0 = none (the paper)
-    local_weight: float = 1.0  # weight of the local crops' loss (the paper: 1, a plain sum)
-
-    def problems(self) -> list[tuple[str, bool, str]]:
-        return [
-            ("head", self.head in ("linear", "cosine"), "linear or cosine"),
-            (
-                "head",
-                not (self.head == "cosine" and self.shard_head),
-                "linear when shard_head=true (the sharded head is a linear one)",
-            ),
-            ("temperature", self.temperature > 0, "positive"),
-            ("projector", self.projector >= 0, "0 (none) or a hidden width"),
-            ("local_weight", self.local_weight >= 0, "0 or more"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("cutmix_p", 0 <= self.cutmix_p <= 1, "in [0, 1]"),
-            ("imprint_temperature", self.imprint_temperature > 0, "positive"),
-            ("head_init", self.head_init in ("random", "imprint"), "random or imprint"),
-        ]
 
 
 class CosineHead(nn.Module):

@@ -7,26 +7,12 @@ only. The loss (`losses.multi_positive_contrastive`) is keyed by an id, which Su
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..losses import multi_positive_contrastive
 from .base import Method, register
-
-
-@dataclass
-class ContrastiveConfig:
-    """The `contrastive.*` settings of SimCLR and SupCon: one multi-positive InfoNCE loss on
-    projected, L2-normalised features."""
-
-    temperature: float = 0.2  # softmax temperature of the InfoNCE loss
-    proj_hidden_dim: int = 512  # projection MLP: Linear, ReLU, Linear (no BatchNorm: with
-    proj_dim: int = 128  # several processes it would make K x B differ from 1 x K*B)
-
-    def problems(self) -> list[tuple[str, bool, str]]:
-        return [("temperature", self.temperature > 0, "positive")]
+from .settings import ContrastiveConfig
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

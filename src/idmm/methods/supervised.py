@@ -17,41 +17,7 @@ from ..data.mixing import cutmix, mixup
 from ..losses import mixed_soft_ce
 from ..models import PreLogits
 from .base import Method, register
-
-
-@dataclass
-class SupervisedConfig:
-    """The classification recipe (DeiT's, as the paper fine-tunes): the `supervised.*` settings
-    of `idmm pretrain method=supervised`, and the top-level keys of a fine-tuning run (which is
-    this method on a classifier, pre-trained or not)."""
-
-    label_smoothing: float = 0.1  # label smoothing of the class targets
-    # lambda ~ Beta(alpha, alpha) forced >= 0.5, as the official code; alpha 0 turns either off
-    mixup_alpha: float = 0.5  # Mixup on even epochs (0-based) ...
-    cutmix_alpha: float = 0.5  # ... CutMix on odd ones
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    flip_p: float = 0.5  # probability of a horizontal flip
-    randaug_ops: int = 2  # RandAugment ops per image (0 = off) ...
-    randaug_magnitude: tuple[float, float] = (1.0, 9.0)  # ... magnitude ~ U(lo, hi) of 10 ...
-    randaug_p: float = 0.5  # ... each op applied with this probability (UDA RandAugment)
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # bright/contr/sat/hue
-    color_jitter_p: float = 0.4  # probability of colour jitter, per image
-    grayscale_p: float = 0.2  # probability of grayscale, per image
-    eval_crop: float = 0.875  # evaluation: resize to size / eval_crop, then centre crop
-
-    def problems(self) -> list[tuple[str, bool, str]]:
-        lo, hi = self.randaug_magnitude
-        c_lo, c_hi = self.crop_scale
-        return [
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("mixup_alpha", self.mixup_alpha >= 0, "0 (off) or more"),
-            ("cutmix_alpha", self.cutmix_alpha >= 0, "0 (off) or more"),
-            ("randaug_ops", self.randaug_ops >= 0, "0 (off) or more"),
-            ("randaug_magnitude", 0 <= lo <= hi <= 10, "(lo, hi) with 0 <= lo <= hi <= 10"),
-            ("randaug_p", 0 <= self.randaug_p <= 1, "in [0, 1]"),
-            ("eval_crop", 0 < self.eval_crop <= 1, "in (0, 1]"),
-            ("crop_scale", 0 < c_lo <= c_hi <= 1, "(lo, hi) with 0 < lo <= hi <= 1"),
-        ]
+from .settings import SupervisedConfig
 
 
 @dataclass
