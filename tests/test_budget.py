@@ -91,6 +91,16 @@ def test_the_recheck_goes_by_the_pace_after_the_first_epoch(tmp_path, clock):
     assert r["pretrain"]["epochs"] == 14 and clock.now < 20.5
 
 
+def test_a_compiled_run_plans_after_its_second_epoch(tmp_path, clock, monkeypatch):
+    """Compiling makes the first epoch slow (here 30 s): planned from it, the run would get one
+    epoch; planned after the second (1 s), the time left at 1 s an epoch."""
+    monkeypatch.setattr(trainer_mod.torch, "compile", lambda model, **kw: model)
+    clock.first = 30.0
+    r = idmm.pretrain(out=str(tmp_path / "c"), epochs=1000, budget="60s", compile=True, **TINY)
+    # after epoch 2 (31 s): 29 s left less 4.8 kept free, at 1 s an epoch: 2 + 24
+    assert r["pretrain"]["epochs"] == 2 + int(60 - 31 - 60 * RESERVE) == 26
+
+
 @pytest.fixture
 def probed(monkeypatch):
     """The stages after pre-training timed at `probed.epoch_s` (real probes time real steps)."""

@@ -240,16 +240,8 @@ class Trainer:
                 last["skipped_steps"] = self.skipped_steps
             for hook in self.hooks:
                 last.update(hook(self.epoch))
-            # budget=: the epochs after the first one, checked again at every tenth of them at
-            # the pace since the first (which also paid for warm-up and any compilation); a
-            # change late in the cosine schedule is a few epochs, as the pace drifts
-            if planning and self.epoch == 1:
-                first_s = time.perf_counter() - start
-                self.set_epochs(first_s)
-                recheck = max(3, cfg.epochs // 10)
-            elif planning and self.epoch % recheck == 0:  # (the last epoch too: may add some)
-                spent = time.perf_counter() - start
-                self.set_epochs((spent - first_s) / (self.epoch - 1))
+            if planning:
+                self.budget_check(start, dt)
             self.train_time_s += time.perf_counter() - t0
             if self.rt.is_main:
                 self.run.append_metrics(last)
@@ -283,6 +275,20 @@ class Trainer:
             "peak_memory_mb": peak_memory_mb(self.rt.device),
             "skipped_steps": self.skipped_steps,
         }
+
+    def budget_check(self, start: float, epoch_s: float) -> None:
+        """budget=: the epochs decided after the first epoch (the second when compiling: the
+        first paid for it, and would give too few epochs and a cosine run to its end), then
+        checked at every tenth of them, the last epoch too, at the pace since; a change late in
+        the schedule is a few epochs, as the machine's pace drifts."""
+        first = 2 if self.cfg.compile else 1
+        if self.epoch == first:
+            self.first_check = (time.perf_counter() - start, first)
+            self.set_epochs(epoch_s if self.cfg.compile else self.first_check[0])
+            self.recheck = max(3, self.cfg.epochs // 10)
+        elif self.epoch > first and self.epoch % self.recheck == 0:
+            spent, at = self.first_check
+            self.set_epochs((time.perf_counter() - start - spent) / (self.epoch - at))
 
     def set_epochs(self, epoch_s: float) -> None:
         """budget=: the epochs the budget gives this stage at `epoch_s` an epoch (see
