@@ -82,3 +82,53 @@ def test_memory_check_halves_an_automatic_batch_and_refuses_a_fixed_one(monkeypa
     # bf16 keeps a little more than half the bytes (measured: some activations stay fp32)
     ratio = auto.activation_bytes(model, 112, 2) / auto.activation_bytes(model, 112, 4)
     assert 0.5 < ratio < 0.65
+
+
+class _Images:
+    """A training Source as resolve_epochs reads it: a count and the images' shape."""
+
+    def __init__(self, n, side):
+        self.array, self.items = types.SimpleNamespace(shape=(n, side, side, 3)), None
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+@pytest.mark.parametrize("n,pre,ft", [
+    (200, 120, 60),    # 48 px: fewer pixels an epoch than the recipe's -> twice (the most)
+    (2040, 60, 30),    # 24 px: the CPU recipe's epochs
+    (10000, 28, 14),   # 16 px: 2.2 times the recipe's pixels an epoch -> 0.46 of its epochs
+    (200000, 10, 5),   # at least a sixth of the recipe's
+])  # fmt: skip
+def test_cpu_epochs_keep_the_run_about_as_long_as_the_cpu_recipes(n, pre, ft):
+    cfg = _cfg(data="some/folder", device="cpu")
+    auto.resolve_epochs(cfg, lambda: _Images(n, 300))
+    assert (cfg.epochs, cfg.finetune.epochs) == (pre, ft)
+
+
+def test_gpu_epochs_and_given_epochs():
+    gpu = _cfg(data="some/folder", device="cuda")
+    auto.resolve_epochs(gpu, lambda: pytest.fail("a GPU does not need the images"))
+    assert (gpu.epochs, gpu.finetune.epochs) == (100, 100)
+    given = _cfg(data="some/folder", device="cpu", epochs=7, **{"finetune.epochs": "auto"})
+    auto.resolve_epochs(given, lambda: _Images(2040, 300))
+    assert (given.epochs, given.finetune.epochs) == (7, 30)  # only what is auto is set
+
+
+def test_a_folder_run_gets_its_epochs_resolved_and_recorded(tmp_path):
+    from idmm.builders import make_config
+
+    root = tmp_path / "imgs"
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (48, 40), (40 * i, 100 * c, 0)).save(root / f"c{c}" / f"{i}.png")
+    cfg = make_config(data=str(root), device="cpu")
+    assert (cfg.epochs, cfg.finetune.epochs) == (120, 60)  # 20 images at 40 px: twice
+    with pytest.raises(Exception, match="nowhere"):
+        make_config(data=str(tmp_path / "nowhere"), device="cpu")
+    cli.main(["pretrain", f"data={root}", "progress=log", "threads=1", "device=cpu",
+              "img_size=16", "epochs=1", f"out={tmp_path / 'run'}"])  # fmt: skip
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "epochs=auto -> finetune.epochs=60: a CPU: the CPU recipe's 60 + 30 x 2.00" in log

@@ -10,6 +10,12 @@ logged with its reason, and the memory a run will need checked before it starts.
 Memory: the activations a training step keeps for its backward pass, per image and crop, from the
 ViT's tokens, width, depth and heads (Korthikanti et al. 2022's count, with a factor measured
 here for eager PyTorch; docs/benchmarks.md, *Memory*), plus the weights and the cached images.
+
+`epochs=auto` (resolve_epochs): on a GPU 100 + 100 (the paper's fine-tuning; an eighth of its
+800 pre-training epochs); on a CPU the CPU recipe's 60 + 30, scaled by how many pixels an epoch
+has against the recipe's (2,040 images at 24 px), so the command takes about as long as the
+recipe's ~7 minutes on 2 cores: more epochs for few images (up to twice), fewer for many (down to
+a sixth). `budget=` sets the time instead.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ LOG = logging.getLogger(LOGGER)
 GPU_MODEL, GPU_SIZE = "deit_tiny_patch16_224", 112
 CPU_MODEL = "vit_cpu_small_conv"
 CPU_IMAGES, CPU_SIDE = 2040, 24  # the size for 2,040 images; scaled to keep an epoch's pixels
+GPU_EPOCHS, CPU_EPOCHS = (100, 100), (60, 30)  # pre-training, fine-tuning
+CPU_SCALE = (1 / 6, 2.0)  # the least and most a CPU run's epochs are scaled by its pixels
+# Decisions made while the config is built, before any run directory and its train.log exist:
+# the first training stage logs them (builders.start_run).
+PENDING: list[str] = []
 _SAMPLE = 64  # images whose header is read to learn the data's size
 
 
@@ -105,6 +116,35 @@ def resolve_model(cfg: Any, training=None, log: bool = True) -> tuple[str, int, 
     if log:
         LOG.info(f"model=auto/img_size=auto -> {model} at {size} px: {'; '.join(reasons)}")
     return model, size, local
+
+
+def resolve_epochs(cfg: Any, training) -> None:
+    """`epochs=auto` and `finetune.epochs=auto` of a run config (None) set in place, the reason
+    kept for the first stage's log (PENDING); `training` gives the training Source (asked for on a CPU only, once)."""
+    if cfg.epochs is not None and cfg.finetune.epochs is not None:
+        return
+    if device_type(cfg.device) == "cuda":
+        (pre, ft), why = GPU_EPOCHS, "a GPU: the paper's 100 fine-tuning epochs, as many pre-training"
+    else:
+        src = training()
+        _, size, _ = resolve_model(cfg, lambda: src, log=False)
+        n = len(src)
+        low, high = CPU_SCALE
+        scale = min(high, max(low, CPU_IMAGES * CPU_SIDE**2 / (max(1, n) * size**2)))
+        pre, ft = (max(1, round(e * scale)) for e in CPU_EPOCHS)
+        why = (
+            f"a CPU: the CPU recipe's 60 + 30 x {scale:.2f}, its epoch's pixels (2,040 images at "
+            f"24 px) over this one's ({n} at {size} px), so the run takes about as long as the "
+            "recipe's (~7 min on 2 cores; budget= sets the time instead)"
+        )
+    given = []
+    if cfg.epochs is None:
+        cfg.epochs = pre
+        given.append(f"epochs={pre}")
+    if cfg.finetune.epochs is None:
+        cfg.finetune.epochs = ft
+        given.append(f"finetune.epochs={ft}")
+    PENDING.append(f"epochs=auto -> {' '.join(given)}: {why}")
 
 
 # -- memory --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Commands (idmm.commands.*) are thin sequences of these; nothing here calls back 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,8 +36,10 @@ def make_config(config: Any = None, **overrides: Any) -> RunConfig:
     if isinstance(config, RunConfig):
         for k, v in overrides.items():
             set_key(config, k, v)
-        return config
-    return build_config(config, overrides)
+    else:
+        config = build_config(config, overrides)
+    auto.resolve_epochs(config, functools.cache(lambda: training_source(config)))
+    return config
 
 
 def runtime(cfg: Any) -> Runtime:
@@ -57,6 +60,8 @@ def start_run(cfg: Any) -> tuple[Runtime, RunDir, logging.Logger]:
     log = setup_logging(run.log_file, rt.is_main)
     if rt.is_main:
         run.record_invocation()
+    while auto.PENDING:
+        log.info(auto.PENDING.pop(0))
     if cfg.model == "auto" or cfg.img_size is None:  # from the images' number and size
         cfg.model, cfg.img_size, local = auto.resolve_model(cfg, lambda: training_source(cfg))
         if local is not None:

@@ -37,7 +37,7 @@ settings are key=value pairs (nested keys with dots), applied after --config:
   data.root=DIR        where a named dataset lives;   subset_per_class=204  class-balanced subset
   out=runs/NAME        the run directory;             resume=true  continue it exactly
   model=auto|vit_cpu_small_conv|vit_cpu_small|deit_tiny_patch16_224|<timm model>  img_size=112
-  epochs=100 batch_size=256 lr=... (default base_lr*batch/256) seed=0 precision=auto|fp32|bf16
+  epochs=auto batch_size=auto lr=... (default base_lr*batch/256) seed=0 precision=auto|fp32|bf16
   aug.local_size=16    idmm.label_smoothing=0.1    idmm.cutmix_alpha=0.5    knn_every=5
   idmm.head_init=random|imprint   (imprint: what makes short CPU runs learn)
   init=RUN_DIR         fine-tune from a pre-training run (idmm finetune: every finetune.* key also

@@ -250,7 +250,7 @@ def _problems(obj: Any) -> list[tuple[str, bool, str]]:
         if key in has:
             checks.append((key, ok(getattr(obj, key)), what))
 
-    need("epochs", lambda v: v >= 1, "at least 1")
+    need("epochs", lambda v: v is None or v >= 1, "at least 1 (or auto)")
     need("batch_size", lambda v: v is None or v >= 1, "at least 1 (or auto)")
     need("warmup_epochs", lambda v: v >= 0, "0 or more")
     need("drop_path", lambda v: 0 <= v < 1, "in [0, 1)")

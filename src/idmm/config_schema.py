@@ -133,7 +133,8 @@ class CommonConfig:
 class _Pretrain(CommonConfig):
     method: str = "idmm"  # idmm | simclr | supcon | dino | supervised
     img_size: int | None = None  # None = auto: from the images and the device (idmm.auto)
-    epochs: int = 100  # pre-training epochs (with budget=, set after the first)
+    epochs: int | None = None  # pre-training epochs; None/auto: from the data and device
+    # (idmm.auto.resolve_epochs; with budget=, set after the first epoch)
     batch_size: int | None = None  # None/auto: 256 (the paper), fewer on small data
     lr: float | None = None  # None = base_lr * batch_size / 256
     base_lr: float = 5e-4  # peak lr at a global batch of 256 (see lr)
@@ -167,7 +168,7 @@ class FinetuneSettings(SupervisedConfig):
     `finetune.*` section of a recipe, and the top level of a fine-tuning run's config."""
 
     init: str | None = None  # a run directory or a .safetensors file; None = from scratch
-    epochs: int = 100  # fine-tuning epochs (with budget=, set after the first)
+    epochs: int | None = None  # fine-tuning epochs; None/auto: GPU 100, CPU half of pre-training's
     img_size: int | None = None  # None = the pre-training img_size (the paper: 112 -> 224)
     batch_size: int | None = None  # None/auto: 256 (the paper), fewer on small data
     lr: float | None = None  # None = base_lr * batch_size / 256

@@ -142,6 +142,7 @@ def probe(cfg: FinetuneConfig, steps: int = 3):
         c = copy.deepcopy(cfg)
         c.batch_size = min(c.batch_size or auto_batch_size(len(data), rt.world_size), len(data))
         c.lr, c.compile, c.ema = c.lr or 1e-3, False, 0.0
+        c.epochs = 1  # the schedule's length does not change a step's time
         if c.data.mean is None:  # the values do not change the time
             c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
         classes = data.classes if data.labels is not None else ["a", "b"]
