@@ -120,11 +120,13 @@ def resolve_model(cfg: Any, training=None, log: bool = True) -> tuple[str, int, 
 
 def resolve_epochs(cfg: Any, training) -> None:
     """`epochs=auto` and `finetune.epochs=auto` of a run config (None) set in place, the reason
-    kept for the first stage's log (PENDING); `training` gives the training Source (asked for on a CPU only, once)."""
+    kept for the first stage's log (PENDING); `training` gives the training Source (asked for
+    on a CPU only, once)."""
     if cfg.epochs is not None and cfg.finetune.epochs is not None:
         return
     if device_type(cfg.device) == "cuda":
-        (pre, ft), why = GPU_EPOCHS, "a GPU: the paper's 100 fine-tuning epochs, as many pre-training"
+        pre, ft = GPU_EPOCHS
+        why = "a GPU: the paper's 100 fine-tuning epochs, as many pre-training"
     else:
         src = training()
         _, size, _ = resolve_model(cfg, lambda: src, log=False)
