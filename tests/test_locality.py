@@ -9,10 +9,20 @@ import idmm
 from idmm import models
 from idmm.builders import build_backbone, export_backbone
 from idmm.config import build_config
-from idmm.locality import LocalitySelfAttention, ShiftedPatchEmbed, shifted_copies
+from idmm.locality import (
+    LocalitySelfAttention,
+    RelativePositionAttention,
+    ShiftedPatchEmbed,
+    shifted_copies,
+)
 from tests.test_run_export import _timm_from_export
 
-NEW_PRESETS = ("vit_cpu_small_conv_gap", "vit_cpu_small_conv_lsa", "vit_cpu_small_spt_lsa")
+NEW_PRESETS = (
+    "vit_cpu_small_conv_gap",
+    "vit_cpu_small_conv_lsa",
+    "vit_cpu_small_conv_rpb",
+    "vit_cpu_small_spt_lsa",
+)
 
 
 def test_shifted_copies_translate_diagonally_with_zero_fill():
@@ -59,6 +69,36 @@ def test_lsa_temperature_is_learned_per_head():
     assert attn.scale.grad is not None and attn.scale.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("grid", [2, 4, 7])
+def test_relative_bias_steers_attention_by_offset_on_any_grid(fused, grid):
+    """q = k = 0 and a large bias at offset (0, +1): each patch token copies the value of its
+    right-hand neighbour (where it has one), on every grid size; the class token, which gets no
+    bias, averages all tokens."""
+    attn = RelativePositionAttention(8, num_heads=2, qkv_bias=False)
+    attn.fused_attn = fused
+    m = attn.max_offset
+    with torch.no_grad():
+        attn.qkv.weight[:16].zero_()
+        attn.qkv.weight[16:] = torch.eye(8)
+        attn.proj.weight.copy_(torch.eye(8))
+        attn.proj.bias.zero_()
+        attn.rel_bias[:, m, m - 1] = 50.0  # query - key = (0, -1): the key one to the right
+    n = 1 + grid * grid
+    x = torch.randn(1, n, 8)
+    out = attn(x)
+    patches = x[0, 1:].view(grid, grid, 8)
+    assert torch.allclose(out[0, 1:].view(grid, grid, 8)[:, :-1], patches[:, 1:], atol=1e-4)
+    assert torch.allclose(out[0, 0], x[0].mean(0), atol=1e-5)
+
+
+def test_relative_bias_starts_at_zero_and_is_learned():
+    attn = RelativePositionAttention(8, num_heads=2)
+    assert attn.rel_bias.abs().sum() == 0
+    attn(torch.randn(2, 17, 8)).sum().backward()
+    assert attn.rel_bias.grad is not None and attn.rel_bias.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", NEW_PRESETS)
 def test_presets_pretrain_small_and_finetune_larger(name, tmp_path):
     """Pre-training at 16 px with 8-px local crops, then fine-tuning at 28 px (the CPU
@@ -73,23 +113,33 @@ def test_presets_pretrain_small_and_finetune_larger(name, tmp_path):
     assert tuned(torch.randn(2, 3, 28, 28)).shape == (2, 10)
 
 
-def test_spt_lsa_exports_to_plain_timm(tmp_path):
+@pytest.mark.parametrize(
+    "name, layers",
+    [
+        ("vit_cpu_small_spt_lsa", {"embed_layer": "idmm.locality.ShiftedPatchEmbed",
+                                   "attn_layer": "idmm.locality.LocalitySelfAttention"}),
+        ("vit_cpu_small_conv_rpb", {"embed_layer": "idmm.models.ConvStem",
+                                    "attn_layer": "idmm.locality.RelativePositionAttention"}),
+    ],
+)  # fmt: skip
+def test_locality_presets_export_to_plain_timm(name, layers, tmp_path):
     cfg = build_config(
         overrides={
-            "model": "vit_cpu_small_spt_lsa",
+            "model": name,
             "img_size": "16",
             "data.mean": "0.3,0.3,0.3",
             "data.std": "0.3,0.3,0.3",
         }
     )
     ours = build_backbone(cfg).eval()
+    with torch.no_grad():  # a trained bias table, so that a plain timm ViT that lost it differs
+        for key, p in ours.named_parameters():
+            if key.endswith("rel_bias"):
+                p.normal_()
     export_backbone(cfg, ours, tmp_path / "backbone.safetensors", "idmm")
     out = idmm.export(tmp_path / "backbone.safetensors", tmp_path / "x")
     info = json.loads((out / "model.json").read_text())
-    assert info["import_kwargs"] == {
-        "embed_layer": "idmm.locality.ShiftedPatchEmbed",
-        "attn_layer": "idmm.locality.LocalitySelfAttention",
-    }
+    assert info["import_kwargs"] == layers
     _, plain = _timm_from_export(out)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -1,11 +1,14 @@
 """Locality priors for ViTs trained on a few thousand images: shifted patch tokenisation (SPT)
 and locality self-attention (LSA), from Lee, Lee and Song, "Vision Transformer for Small-Size
-Datasets" (2021). Both are drop-in timm layers (`embed_layer=`, `attn_layer=` of timm's
+Datasets" (2021), and a relative position bias (Shaw et al. 2018; Swin's per-head table of
+2-D offsets). All are drop-in timm layers (`embed_layer=`, `attn_layer=` of timm's
 VisionTransformer), so a model built with them exports and loads like any timm ViT; the CPU
 presets in idmm.models use them (issue 17's locality levers).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -89,3 +92,36 @@ class LocalitySelfAttention(Attention):
             x = self.attn_drop(attn.softmax(dim=-1)) @ v
         x = self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim))
         return self.proj_drop(self.proj(x))
+
+
+class RelativePositionAttention(Attention):
+    """timm's attention plus a learned bias per head and 2-D offset between two patch tokens,
+    added to the logits: a prior on *where* a token looks that does not depend on the grid, so
+    the same table serves the 2 x 2 local crops, the 4 x 4 global crops and the 7 x 7 fine-tuning
+    grid. Offsets beyond +-(max_offset) share the outermost entry (Shaw et al.'s clipping); the
+    table starts at zero (the plain ViT). The grid is the largest square in the token count; the
+    tokens before it (a class token) get no bias. The absolute position embedding stays."""
+
+    max_offset = 7  # a 8 x 8 grid (32 px at patch 4) has every offset its own entry
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        side = 2 * self.max_offset + 1
+        self.rel_bias = nn.Parameter(torch.zeros(self.num_heads, side, side))
+
+    def bias(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """(heads, n, n): the table read at each pair of patch tokens' offset, zeros for the
+        prefix tokens."""
+        g = math.isqrt(n)
+        prefix = n - g * g
+        ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        coords = torch.stack([ys.flatten(), xs.flatten()]).to(self.rel_bias.device)
+        rel = (coords[:, :, None] - coords[:, None, :]).clamp(-self.max_offset, self.max_offset)
+        rel = rel + self.max_offset
+        patch = self.rel_bias[:, rel[0], rel[1]]  # (heads, g^2, g^2)
+        return F.pad(patch, (prefix, 0, prefix, 0)).to(dtype)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("RelativePositionAttention takes no mask")
+        return super().forward(x, attn_mask=self.bias(x.shape[1], x.dtype).unsqueeze(0))

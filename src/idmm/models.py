@@ -19,7 +19,7 @@ from torch import nn
 
 from .config_types import ConfigError
 from .engine.checkpoint import atomic_write
-from .locality import LocalitySelfAttention, ShiftedPatchEmbed
+from .locality import LocalitySelfAttention, RelativePositionAttention, ShiftedPatchEmbed
 
 
 class ConvStem(HybridEmbed):
@@ -64,6 +64,11 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "vit_cpu_small_conv_lsa": (
         "vit_tiny_patch16_224",
         dict(_SMALL, embed_layer=ConvStem, attn_layer=LocalitySelfAttention),
+    ),
+    # a learned relative position bias per head in every block (beside the absolute embedding)
+    "vit_cpu_small_conv_rpb": (
+        "vit_tiny_patch16_224",
+        dict(_SMALL, embed_layer=ConvStem, attn_layer=RelativePositionAttention),
     ),
     # "Vision Transformer for Small-Size Datasets": shifted patch tokens and LSA, no conv stem
     "vit_cpu_small_spt_lsa": (

@@ -88,6 +88,9 @@ VARIANTS: dict[str, Variant] = {
     "idmm-lsa": Variant(
         "idmm", "IDMM, locality self-attention", lambda cfg: {"model": "vit_cpu_small_conv_lsa"}
     ),
+    "idmm-rpb": Variant(
+        "idmm", "IDMM, relative position bias", lambda cfg: {"model": "vit_cpu_small_conv_rpb"}
+    ),
     "idmm-spt-lsa": Variant(
         "idmm", "IDMM, SPT + LSA (no conv stem)", lambda cfg: {"model": "vit_cpu_small_spt_lsa"}
     ),
@@ -109,6 +112,7 @@ LEVERS = (
     "simclr-2crops",
     "idmm-gap",
     "idmm-lsa",
+    "idmm-rpb",
     "idmm-spt-lsa",
     "idmm-ema",
     "idmm-compile",
