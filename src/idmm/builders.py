@@ -5,7 +5,6 @@ Commands (idmm.commands.*) are thin sequences of these; nothing here calls back 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ def make_config(config: Any = None, **overrides: Any) -> RunConfig:
             set_key(config, k, v)
     else:
         config = build_config(config, overrides)
-    auto.resolve_epochs(config, functools.cache(lambda: training_source(config)))
+    auto.resolve_epochs(config, lambda: training_source(config))
     return config
 
 
