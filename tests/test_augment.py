@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from idmm.config import AugConfig
+from idmm.config import AugConfig, ConfigError
 from idmm.data.augment import (
     MultiCrop,
     color_jitter,
@@ -96,3 +96,21 @@ def test_shard_generator_splits_the_global_draws_by_rank(uint8_batch):
             count = whole.shape[0] // 16
             expect = whole.view(count, 16, *whole.shape[1:])[:, rank::2].reshape(mine.shape)
             assert torch.allclose(mine, expect, atol=1e-5)
+
+
+def test_progressive_resolution_grows_the_global_crops(uint8_batch):
+    """From 4 to 16 px by half of training, in steps of gcd(4, 16) = 4; local crops stay."""
+    views = MultiCrop(AugConfig(progressive_from=4, local_size=8), 16, 8, [0.5] * 3, [0.25] * 3)
+    sizes = [views.at_progress(p) for p in (0.0, 0.125, 0.25, 0.375, 0.5, 0.9)]
+    assert sizes == [4, 4, 8, 12, 16, 16]
+    views.at_progress(0.25)
+    glob, loc = views(uint8_batch, torch.Generator().manual_seed(0))
+    assert glob.shape[-1] == 8 and loc.shape[-1] == 8
+    # off: always the full size
+    plain = MultiCrop(AugConfig(), 16, 8, [0.5] * 3, [0.25] * 3)
+    assert plain.at_progress(0.0) == 16
+
+
+def test_progressive_resolution_from_above_the_size_is_refused():
+    with pytest.raises(ConfigError, match="aug.progressive_from=32 is above img_size=16"):
+        MultiCrop(AugConfig(progressive_from=32), 16, 8, [0.5] * 3, [0.25] * 3)

@@ -46,6 +46,7 @@ class FakeClock:
     def __init__(self):
         self.now, self.first, self.epochs = 0.0, 1.0, 0
         self.pace = {}  # stage -> seconds of its later epochs (default 1 s)
+        self.slower = None  # (epoch, seconds): every epoch from that one on takes as long
 
     def read(self) -> float:
         self.now += 1e-6
@@ -62,6 +63,8 @@ def clock(monkeypatch):
     def one_second_epoch(self):
         loss = real(self)
         c.now += c.first if self.epoch == 0 else c.pace.get(self.stage, 1.0)
+        if c.slower and self.epoch >= c.slower[0]:
+            c.now += c.slower[1] - c.pace.get(self.stage, 1.0)
         return loss
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", one_second_epoch)
@@ -89,6 +92,17 @@ def test_the_recheck_goes_by_the_pace_after_the_first_epoch(tmp_path, clock):
     # 1.64 s kept free: after epoch 1 (5 s) 1 + 13.86 // 5 = 3 epochs; at epoch 3 (7 s, 1 s an
     # epoch since) 3 + 11.86 // 1 = 14, and so at every later check
     assert r["pretrain"]["epochs"] == 14 and clock.now < 20.5
+
+
+def test_the_recheck_follows_a_pace_that_slows(tmp_path, clock):
+    """Epochs slow from 1 s to 3 s a third of the way in (the machine's drift, or progressive
+    resolution's larger crops): each re-check goes by the pace since the one before, not the
+    average since the first epoch, so the stage still ends within its share of the budget."""
+    clock.slower = (12, 3.0)
+    r = idmm.pretrain(out=str(tmp_path / "s"), epochs=1000, budget="40s", **TINY)
+    # within the budget less what it keeps free for evaluation (the average pace since the
+    # first epoch, 1.7 s at epoch 18, gave 21 epochs ending at 39 s)
+    assert clock.now <= 40 * (1 - RESERVE) and r["pretrain"]["epochs"] == 20
 
 
 def test_a_compiled_run_plans_after_its_second_epoch(tmp_path, clock, monkeypatch):

@@ -309,3 +309,12 @@ def test_compile_option_trains(tmp_path):
     """compile=true goes through torch.compile (slow on a CPU: compiling takes most of it)."""
     r = idmm.pretrain(out=str(tmp_path / "c"), compile=True, **dict(TINY, epochs=1))
     assert r["pretrain"]["epochs"] == 1 and r["pretrain"]["final_loss"] > 0
+
+
+def test_progressive_resolution_pretrains_and_logs_its_sizes(tmp_path):
+    run = tmp_path / "p"
+    idmm.pretrain(out=str(run), img_size=16, **{**TINY, "aug.local_size": 8,
+                                                "aug.progressive_from": 8})  # fmt: skip
+    log = (run / "train.log").read_text()
+    # 4 epochs, full size from half of them: 8 px for epochs 1-2, 16 px from epoch 3
+    assert "epoch 1: global crops at 8 px" in log and "epoch 3: global crops at 16 px" in log

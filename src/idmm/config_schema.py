@@ -75,10 +75,18 @@ class AugConfig:
     # that a 28-px Fashion-MNIST crop is blurred as much, relatively, as a 112-px photo.
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma (lo, hi) in px of a 112-px crop, scaled
     flip_p: float = 0.5  # probability of a horizontal flip, per crop
+    # Progressive resolution (issue 17's lever): the global crops grow linearly to img_size by
+    # `progressive_until` of the epochs, in steps of the greatest common divisor of the two
+    # sizes (multiples of the patch when both are)
+    progressive_from: int | None = None  # the global crops' size at the start; None = off
+    progressive_until: float = 0.5  # the fraction of the epochs after which crops are full size
 
     def problems(self) -> list[tuple[str, bool, str]]:
         scale = "(lo, hi) with 0 < lo <= hi <= 1"
+        start = self.progressive_from
         return [
+            ("progressive_from", start is None or start >= 1, "a size in px (or none)"),
+            ("progressive_until", 0 < self.progressive_until <= 1, "in (0, 1]"),
             ("global_crops", self.global_crops >= 1, "at least 1"),
             ("local_crops", self.local_crops >= 0, "0 or more"),
             ("global_scale", 0 < self.global_scale[0] <= self.global_scale[1] <= 1, scale),

@@ -94,6 +94,12 @@ VARIANTS: dict[str, Variant] = {
     "idmm-spt-lsa": Variant(
         "idmm", "IDMM, SPT + LSA (no conv stem)", lambda cfg: {"model": "vit_cpu_small_spt_lsa"}
     ),
+    # progressive resolution: global crops from half the recipe's size, full from mid-training
+    "idmm-progressive": Variant(
+        "idmm",
+        "IDMM, progressive resolution (half size to full by mid-training)",
+        lambda cfg: {"aug.progressive_from": cfg.img_size // 2},
+    ),
     # a moving average of the weights in both stages, what evaluation and export use
     "idmm-ema": Variant(
         "idmm", "IDMM, weight EMA (0.999)", lambda cfg: {"ema": 0.999, "finetune.ema": 0.999}
@@ -114,6 +120,7 @@ LEVERS = (
     "idmm-lsa",
     "idmm-rpb",
     "idmm-spt-lsa",
+    "idmm-progressive",
     "idmm-ema",
     "idmm-compile",
 )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config_types import ConfigError
+
 # RGB -> luma, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -179,12 +181,30 @@ class MultiCrop:
     """
 
     def __init__(self, aug, global_size: int, local_size: int, mean, std):
-        self.aug = aug
+        self.aug, self.global_size = aug, global_size
+        start = aug.progressive_from
+        if start is not None and start > global_size:
+            raise ConfigError(
+                f"aug.progressive_from={start} is above img_size={global_size}: "
+                "progressive resolution grows the global crops up to img_size"
+            )
         self.groups = [CropSpec(aug.global_crops, global_size, tuple(aug.global_scale))]
         if aug.local_crops > 0:
             self.groups.append(CropSpec(aug.local_crops, local_size, tuple(aug.local_scale)))
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def at_progress(self, progress: float) -> int:
+        """Progressive resolution: the global crops' size at this point of training (0..1), set
+        and returned (img_size when off)."""
+        start, full = self.aug.progressive_from, self.global_size
+        size = full
+        if start is not None:
+            step = math.gcd(start, full)
+            grown = start + (full - start) * min(1.0, progress / self.aug.progressive_until)
+            size = min(full, start + int((grown - start) // step) * step)
+        self.groups[0].size = size
+        return size
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:

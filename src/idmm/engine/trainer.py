@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import to_dict
 from ..config_types import TrainingError  # noqa: F401  (raised here; defined there)
-from ..data.augment import ShardGenerator
+from ..data.augment import MultiCrop, ShardGenerator
 from ..data.cache import CachedData
 from ..methods.base import Method
 from ..methods.sharded_head import gather_rows, local_rows
@@ -279,16 +279,19 @@ class Trainer:
     def budget_check(self, start: float, epoch_s: float) -> None:
         """budget=: the epochs decided after the first epoch (the second when compiling: the
         first paid for it, and would give too few epochs and a cosine run to its end), then
-        checked at every tenth of them, the last epoch too, at the pace since; a change late in
-        the schedule is a few epochs, as the machine's pace drifts."""
+        checked at every tenth of them, the last epoch too, at the pace since the check before:
+        the latest pace, as the machine's drifts and progressive resolution makes epochs
+        dearer; a change late in the schedule is a few epochs."""
         first = 2 if self.cfg.compile else 1
+        now = time.perf_counter() - start
         if self.epoch == first:
-            self.first_check = (time.perf_counter() - start, first)
-            self.set_epochs(epoch_s if self.cfg.compile else self.first_check[0])
+            self.last_check = (now, first)
+            self.set_epochs(epoch_s if self.cfg.compile else now)
             self.recheck = max(3, self.cfg.epochs // 10)
         elif self.epoch > first and self.epoch % self.recheck == 0:
-            spent, at = self.first_check
-            self.set_epochs((time.perf_counter() - start - spent) / (self.epoch - at))
+            spent, at = self.last_check
+            self.last_check = (now, self.epoch)
+            self.set_epochs((now - spent) / (self.epoch - at))
 
     def set_epochs(self, epoch_s: float) -> None:
         """budget=: the epochs the budget gives this stage at `epoch_s` an epoch (see
@@ -330,6 +333,12 @@ class Trainer:
         per_step = cfg.batch_size * rt.world_size
         self.method.train()
         self.method.on_epoch_start(self.epoch)
+        views = self.method.views
+        if isinstance(views, MultiCrop) and views.aug.progressive_from is not None:
+            before = views.groups[0].size
+            size = views.at_progress(self.epoch / cfg.epochs)  # progressive resolution
+            if rt.is_main and size != before:
+                self.log.info(f"epoch {self.epoch + 1}: global crops at {size} px")
         bar = tqdm(
             range(self.steps_per_epoch),
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
