@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from idmm.config import AugConfig, ConfigError
+from idmm.config import AugConfig, ConfigError, build_config
 from idmm.data.augment import (
     MultiCrop,
     color_jitter,
@@ -114,3 +114,8 @@ def test_progressive_resolution_grows_the_global_crops(uint8_batch):
 def test_progressive_resolution_from_above_the_size_is_refused():
     with pytest.raises(ConfigError, match="aug.progressive_from=32 is above img_size=16"):
         MultiCrop(AugConfig(progressive_from=32), 16, 8, [0.5] * 3, [0.25] * 3)
+
+
+def test_progressive_resolution_is_not_planned_by_a_budget():
+    with pytest.raises(ConfigError, match="'budget' must be unset with aug.progressive_from"):
+        build_config(overrides={"budget": "5m", "aug.progressive_from": 8})

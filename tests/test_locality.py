@@ -144,3 +144,26 @@ def test_locality_presets_export_to_plain_timm(name, layers, tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(plain(x), ours(x), atol=1e-5)
+
+
+def test_relative_bias_model_exports_to_onnx(tmp_path):
+    """The exporter cannot trace the fused kernel with a float bias: export takes the plain
+    attention path, and onnxruntime's outputs match torch's."""
+    pytest.importorskip("onnxruntime")  # in the dev extra: CI runs this
+    grey = {"data.mean": "0.3,0.3,0.3", "data.std": "0.3,0.3,0.3"}
+    cfg = build_config(overrides={"model": "vit_cpu_small_conv_rpb", "img_size": "16", **grey})
+    ours = build_backbone(cfg).eval()
+    with torch.no_grad():
+        for key, p in ours.named_parameters():
+            if key.endswith("rel_bias"):
+                p.normal_()
+    export_backbone(cfg, ours, tmp_path / "backbone.safetensors", "idmm")
+    out = idmm.export(tmp_path / "backbone.safetensors", tmp_path / "x", format="onnx")
+    info = json.loads((out / "model.json").read_text())
+    assert info["onnx"]["checked"] and info["onnx"]["max_abs_diff"] < 1e-3
+
+
+def test_relative_bias_refuses_register_tokens():
+    attn = RelativePositionAttention(8, num_heads=2)
+    with pytest.raises(ValueError, match="at most a class token; got 7 tokens"):
+        attn(torch.randn(1, 7, 8))  # 3 prefix tokens before a 2 x 2 grid

@@ -318,3 +318,12 @@ def test_progressive_resolution_pretrains_and_logs_its_sizes(tmp_path):
     log = (run / "train.log").read_text()
     # 4 epochs, full size from half of them: 8 px for epochs 1-2, 16 px from epoch 3
     assert "epoch 1: global crops at 8 px" in log and "epoch 3: global crops at 16 px" in log
+
+
+def test_progressive_resolution_builds_a_model_for_every_size(tmp_path):
+    """Without local crops the model would be built for one size only; progressive crops make
+    it take any, and a start off the patch grid is refused naming the key."""
+    base = {**TINY, "epochs": 2, "aug.local_crops": 0, "aug.local_size": None}
+    idmm.pretrain(out=str(tmp_path / "a"), img_size=16, **{**base, "aug.progressive_from": 8})
+    with pytest.raises(idmm.ConfigError, match="aug.progressive_from=6 is not a multiple of"):
+        idmm.pretrain(out=str(tmp_path / "b"), img_size=16, **{**base, "aug.progressive_from": 6})

@@ -243,10 +243,12 @@ def resolve(cfg: Any, rt: Runtime, train: CachedData | None) -> None:
 def build_backbone(cfg: Any, num_classes: int = 0) -> torch.nn.Module:
     aug = getattr(cfg, "aug", None)  # fine-tuning has one crop size
     local = aug.local_size if aug is not None and aug.local_crops > 0 else None
-    dynamic = local not in (None, cfg.img_size)
+    start = aug.progressive_from if aug is not None else None  # progressive resolution
+    dynamic = local not in (None, cfg.img_size) or start not in (None, cfg.img_size)
     model = models.create_backbone(cfg.model, cfg.img_size, cfg.drop_path, dynamic, num_classes)
     ps = models.patch_size(model)
-    for key, size in (("img_size", cfg.img_size), ("aug.local_size", local)):
+    sizes = (("img_size", cfg.img_size), ("aug.local_size", local), ("aug.progressive_from", start))
+    for key, size in sizes:
         if ps and size and size % ps:
             # timm would silently drop the border pixels that do not fill a patch
             raise ConfigError(
@@ -254,7 +256,7 @@ def build_backbone(cfg: Any, num_classes: int = 0) -> torch.nn.Module:
                 f"use {size - size % ps} or {size + ps - size % ps}"
             )
     if ps is None:  # CNNs and PVTs downsample a lot: too small an input fails deep inside
-        models.check_input_sizes(model, cfg.model, cfg.img_size, local)
+        models.check_input_sizes(model, cfg.model, cfg.img_size, local, start)
     return model
 
 

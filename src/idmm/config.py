@@ -264,6 +264,11 @@ def _problems(obj: Any) -> list[tuple[str, bool, str]]:
     need("eval_every", lambda v: v >= 1, "at least 1")
     need("stage2_epochs", lambda v: v >= 0, "0 (off) or more")
     need("budget", lambda v: v is None or _is_duration(v), "a duration such as 90s, 20m, 2h")
+    if "budget" in has and "aug" in has and obj.aug.progressive_from is not None:
+        # its epochs get dearer as the crops grow, which the budget's plan (one pace an epoch
+        # for the rest of the stage) does not model: it would plan too many
+        why = "unset with aug.progressive_from (progressive resolution trains to epochs=)"
+        checks.append(("budget", obj.budget is None, why))
     return checks
 
 

@@ -99,25 +99,39 @@ class RelativePositionAttention(Attention):
     added to the logits: a prior on *where* a token looks that does not depend on the grid, so
     the same table serves the 2 x 2 local crops, the 4 x 4 global crops and the 7 x 7 fine-tuning
     grid. Offsets beyond +-(max_offset) share the outermost entry (Shaw et al.'s clipping); the
-    table starts at zero (the plain ViT). The grid is the largest square in the token count; the
-    tokens before it (a class token) get no bias. The absolute position embedding stays."""
+    table starts at zero (the plain ViT). The grid is the largest square in the token count; a
+    class token before it gets no bias (models with register tokens are not supported). The
+    absolute position embedding stays."""
 
     max_offset = 7  # a 8 x 8 grid (32 px at patch 4) has every offset its own entry
 
-    def __init__(self, dim, num_heads=8, **kwargs):
-        super().__init__(dim, num_heads=num_heads, **kwargs)
+    def __init__(self, dim, num_heads=8, device=None, dtype=None, **kwargs):
+        super().__init__(dim, num_heads=num_heads, device=device, dtype=dtype, **kwargs)
         side = 2 * self.max_offset + 1
-        self.rel_bias = nn.Parameter(torch.zeros(self.num_heads, side, side))
+        self.rel_bias = nn.Parameter(torch.zeros(self.num_heads, side, side, device=device,
+                                                 dtype=dtype))  # fmt: skip
+        self._offsets: dict[tuple[int, str], torch.Tensor] = {}  # grid side -> table indices
+
+    def offsets(self, g: int, device: torch.device) -> torch.Tensor:
+        """(2, g^2, g^2): the table's row and column for each (query, key) pair of a g x g grid,
+        the clipped offset query - key, made once per grid and device."""
+        key = (g, str(device))
+        if key not in self._offsets:
+            ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+            coords = torch.stack([ys.flatten(), xs.flatten()])
+            rel = (coords[:, :, None] - coords[:, None, :]).clamp(-self.max_offset, self.max_offset)
+            self._offsets[key] = (rel + self.max_offset).to(device)
+        return self._offsets[key]
 
     def bias(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """(heads, n, n): the table read at each pair of patch tokens' offset, zeros for the
-        prefix tokens."""
+        class token."""
         g = math.isqrt(n)
         prefix = n - g * g
-        ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-        coords = torch.stack([ys.flatten(), xs.flatten()]).to(self.rel_bias.device)
-        rel = (coords[:, :, None] - coords[:, None, :]).clamp(-self.max_offset, self.max_offset)
-        rel = rel + self.max_offset
+        if prefix > 1:  # register tokens would be read as part of a larger grid
+            raise ValueError(f"RelativePositionAttention takes a square grid and at most a class "
+                             f"token; got {n} tokens")  # fmt: skip
+        rel = self.offsets(g, self.rel_bias.device)
         patch = self.rel_bias[:, rel[0], rel[1]]  # (heads, g^2, g^2)
         return F.pad(patch, (prefix, 0, prefix, 0)).to(dtype)
 

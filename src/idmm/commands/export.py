@@ -140,6 +140,8 @@ def export_onnx(model: nn.Module, path: Path) -> dict:
         ) from None
     size = model.pretrained_cfg["input_size"]
     x = torch.randn(2, *size)
+    # the exporter cannot trace the fused kernel with a float bias (idmm-rpb's attention)
+    models.set_fused_attention(model, False)
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter

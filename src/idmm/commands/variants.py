@@ -94,11 +94,12 @@ VARIANTS: dict[str, Variant] = {
     "idmm-spt-lsa": Variant(
         "idmm", "IDMM, SPT + LSA (no conv stem)", lambda cfg: {"model": "vit_cpu_small_spt_lsa"}
     ),
-    # progressive resolution: global crops from half the recipe's size, full from mid-training
+    # progressive resolution at equal epochs (not with budget=): the global crops at half the
+    # recipe's size (a multiple of 4, the CPU ViTs' patch) for the first half of pre-training
     "idmm-progressive": Variant(
         "idmm",
-        "IDMM, progressive resolution (half size to full by mid-training)",
-        lambda cfg: {"aug.progressive_from": cfg.img_size // 2},
+        "IDMM, half-size global crops for the first half",
+        lambda cfg: {"aug.progressive_from": max(4, cfg.img_size // 2 // 4 * 4)},
     ),
     # a moving average of the weights in both stages, what evaluation and export use
     "idmm-ema": Variant(

@@ -201,8 +201,8 @@ class MultiCrop:
         size = full
         if start is not None:
             step = math.gcd(start, full)
-            grown = start + (full - start) * min(1.0, progress / self.aug.progressive_until)
-            size = min(full, start + int((grown - start) // step) * step)
+            steps = (full - start) // step * min(1.0, progress / self.aug.progressive_until)
+            size = start + int(steps + 1e-9) * step  # 1e-9: 0.7 * 10 is 6.99...
         self.groups[0].size = size
         return size
 
