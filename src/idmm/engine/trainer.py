@@ -279,9 +279,9 @@ class Trainer:
     def budget_check(self, start: float, epoch_s: float) -> None:
         """budget=: the epochs decided after the first epoch (the second when compiling: the
         first paid for it, and would give too few epochs and a cosine run to its end), then
-        checked at every tenth of them, the last epoch too, at the pace since the check before:
-        the latest pace, as the machine's drifts and progressive resolution makes epochs
-        dearer; a change late in the schedule is a few epochs."""
+        checked at every tenth of them, the last epoch too, at the pace since the check before
+        (the latest pace, as the machine's drifts); a change late in the schedule is a few
+        epochs."""
         first = 2 if self.cfg.compile else 1
         now = time.perf_counter() - start
         if self.epoch == first:
