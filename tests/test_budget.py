@@ -47,6 +47,7 @@ class FakeClock:
         self.now, self.first, self.epochs = 0.0, 1.0, 0
         self.pace = {}  # stage -> seconds of its later epochs (default 1 s)
         self.slower = None  # (epoch, seconds): every epoch from that one on takes as long
+        self.hiccups = {}  # epoch -> seconds more that one epoch takes
 
     def read(self) -> float:
         self.now += 1e-6
@@ -65,6 +66,7 @@ def clock(monkeypatch):
         c.now += c.first if self.epoch == 0 else c.pace.get(self.stage, 1.0)
         if c.slower and self.epoch >= c.slower[0]:
             c.now += c.slower[1] - c.pace.get(self.stage, 1.0)
+        c.now += c.hiccups.get(self.epoch, 0.0)
         return loss
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", one_second_epoch)
@@ -95,14 +97,35 @@ def test_the_recheck_goes_by_the_pace_after_the_first_epoch(tmp_path, clock):
 
 
 def test_the_recheck_follows_a_pace_that_slows(tmp_path, clock):
-    """Epochs slow from 1 s to 3 s a third of the way in (the machine's drift, or progressive
-    resolution's larger crops): each re-check goes by the pace since the one before, not the
-    average since the first epoch, so the stage still ends within its share of the budget."""
+    """Epochs slow from 1 s to 3 s a third of the way in (the machine's drift): each re-check
+    weighs the pace since the one before by half, not the average since the first epoch, so the
+    stage still ends within its share of the budget."""
     clock.slower = (12, 3.0)
     r = idmm.pretrain(out=str(tmp_path / "s"), epochs=1000, budget="40s", **TINY)
     # within the budget less what it keeps free for evaluation (the average pace since the
     # first epoch, 1.7 s at epoch 18, gave 21 epochs ending at 39 s)
     assert clock.now <= 40 * (1 - RESERVE) and r["pretrain"]["epochs"] == 20
+
+
+def test_one_slow_epoch_moves_the_plan_less_than_a_lasting_slowdown(tmp_path, clock,
+                                                                     monkeypatch):  # fmt: skip
+    """One epoch takes 4 s instead of 1 (the machine, a kNN monitor's epoch): the re-check after
+    it halves that pace with the estimate before, so the plan dips to 25 epochs and recovers
+    (taken alone, the window's 2 s an epoch would cut it from 36 to 21 and the lr schedule
+    with it)."""
+    plans = []
+    real = trainer_mod.Trainer.set_epochs
+
+    def recorded(self, epoch_s):
+        real(self, epoch_s)
+        plans.append(self.cfg.epochs)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "set_epochs", recorded)
+    clock.hiccups = {7: 3.0}
+    r = idmm.pretrain(out=str(tmp_path / "h"), epochs=1000, budget="40s", **TINY)
+    # checks every 3 epochs; the window with the slow epoch (epochs 7-9) ran at 2 s an epoch
+    assert plans[:3] == [36, 36, 36] and min(plans) == 25
+    assert r["pretrain"]["epochs"] == 33 and clock.now <= 40 * (1 - RESERVE)
 
 
 def test_a_compiled_run_plans_after_its_second_epoch(tmp_path, clock, monkeypatch):

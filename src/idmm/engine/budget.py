@@ -4,7 +4,8 @@ The recipe's epochs give the split between stages, the budget their length: afte
 epoch, the first stage times itself and (a few steps each) the stages after it, and scales every
 stage's epochs by one factor so that the whole command, less a reserve for what runs between and
 after the stages (evaluation, export), ends within the budget. The scale is checked again at
-every tenth of the first stage, at its pace since the check before. What a stage decided is
+every tenth of the first stage, at a pace half from its epochs since the check before and half
+from the estimate before (Trainer.budget_check). What a stage decided is
 written to its config.yaml and checkpoint, so `resume=true` continues with the same epochs.
 """
 

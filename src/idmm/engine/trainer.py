@@ -279,19 +279,23 @@ class Trainer:
     def budget_check(self, start: float, epoch_s: float) -> None:
         """budget=: the epochs decided after the first epoch (the second when compiling: the
         first paid for it, and would give too few epochs and a cosine run to its end), then
-        checked at every tenth of them, the last epoch too, at the pace since the check before
-        (the latest pace, as the machine's drifts); a change late in the schedule is a few
-        epochs."""
+        checked at every tenth of them at a pace half from the epochs since the check before
+        and half from the estimate before it (the first epoch left out): a few epochs' pace is
+        noisy (the machine, the kNN monitor's epochs), and taken alone it moved the plan by ~10%
+        each way from one check to the next, each move a jolt to the lr schedule; this way a
+        pace that lasts is followed within a few checks."""
         first = 2 if self.cfg.compile else 1
         now = time.perf_counter() - start
         if self.epoch == first:
-            self.last_check = (now, first)
+            self.last_check, self.pace = (now, first), None
             self.set_epochs(epoch_s if self.cfg.compile else now)
             self.recheck = max(3, self.cfg.epochs // 10)
         elif self.epoch > first and self.epoch % self.recheck == 0:
             spent, at = self.last_check
             self.last_check = (now, self.epoch)
-            self.set_epochs((now - spent) / (self.epoch - at))
+            recent = (now - spent) / (self.epoch - at)
+            self.pace = recent if self.pace is None else (self.pace + recent) / 2
+            self.set_epochs(self.pace)
 
     def set_epochs(self, epoch_s: float) -> None:
         """budget=: the epochs the budget gives this stage at `epoch_s` an epoch (see
