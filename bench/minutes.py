@@ -8,7 +8,9 @@ several budgets, on one dataset; the table and a plot with minutes on the x axis
 Every entry of a budget is an `idmm compare ... budget=Nm` entry: the recipe's epochs set the
 split between its stages, the budget their length (idmm.engine.budget); the scratch ViT and the
 CNN get the same minutes for their one stage. Selection is on validation; test is evaluated once
-per run. Finished runs under --out are reused.
+per run. Finished runs under --out are reused. `--from A.json B.json --plot P` draws one plot from
+earlier results of the same dataset (budgets run at different times, or with other seeds) and
+trains nothing; the entries drawn are those every budget has.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ def plot(by_budget: dict[int, dict], path: Path, title: str) -> None:
 
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
     ax = fig.subplots()
-    names = list(next(iter(by_budget.values())))
+    names = [n for n in next(iter(by_budget.values())) if all(n in s for s in by_budget.values())]
     for i, name in enumerate(names):
         xs, ys, err = [], [], []
         for minutes, summary in sorted(by_budget.items()):
             s = summary[name]["finetune_top1"]
             xs.append(minutes)
             ys.append(100 * s["mean"])
-            err.append(100 * (s["mean"] - s["ci95"][0]) if s["ci95"] else 0)  # 95% interval
+            err.append(100 * (s["mean"] - s["ci95"][0]) if s.get("ci95") else 0)  # 95% interval
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=f"C{i}",
                     label=summary[name]["method"])  # fmt: skip
     ax.set(xlabel="budget (minutes of 2 CPU cores, whole run)", ylabel="test top-1 (%)",
@@ -49,6 +51,23 @@ def plot(by_budget: dict[int, dict], path: Path, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot_results(sources: list[Path], path: Path | None) -> None:
+    """One plot from earlier JSONs of one dataset; a budget in two of them is an error."""
+    if path is None:
+        sys.exit("--from draws a plot: give --plot PATH")
+    by_budget, datasets = {}, set()
+    for src in sources:
+        result = json.loads(src.read_text())
+        datasets.add(result["data"])
+        for minutes, summary in result["budgets"].items():
+            if int(minutes) in by_budget:
+                sys.exit(f"{src}: the {minutes}-minute budget is already in another --from file")
+            by_budget[int(minutes)] = summary
+    if len(datasets) != 1:
+        sys.exit(f"--from files must be of one dataset: got {', '.join(sorted(datasets))}")
+    plot(by_budget, path, f"{datasets.pop()}: test top-1 against minutes")
 
 
 def main() -> None:
@@ -68,7 +87,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/minutes"))
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--from", dest="sources", nargs="+", type=Path, metavar="JSON",
+                   help="plot these earlier results (with --plot) instead of training")
     args = p.parse_args()
+    if args.sources:
+        plot_results(args.sources, args.plot)
+        return
     extra = dict(kv.split("=", 1) for kv in args.set)
     by_budget, tables = {}, []
     for minutes in [int(m) for m in args.minutes.split(",")]:

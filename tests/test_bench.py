@@ -3,6 +3,7 @@ work as idmm's step (same model, crops and FLOPs), and the accuracy references a
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -109,3 +110,24 @@ def test_minutes_plot_draws_each_method_against_budgets(tmp_path):
     out = minutes.plot(by_budget, tmp_path / "m.png", "demo")
     assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
     assert out is None or out == tmp_path / "m.png"
+
+
+def test_minutes_plot_from_earlier_results_keeps_the_entries_every_budget_has(tmp_path):
+    import minutes
+
+    def result(minutes_, names):
+        rows = {n: {"method": n.upper(), "finetune_top1": {"mean": 0.8, "ci95": None}}
+                for n in names}  # fmt: skip
+        return {"data": "sklearn-digits", "budgets": {str(minutes_): rows}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result(5, ["idmm", "cnn", "dino"])))  # dino only at 5 minutes
+    b.write_text(json.dumps(result(10, ["idmm", "cnn"])))
+    minutes.plot_results([a, b], tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit, match="already in another"):
+        minutes.plot_results([a, a], tmp_path / "m.png")
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({**result(20, ["idmm"]), "data": "fmnist-2040"}))
+    with pytest.raises(SystemExit, match="one dataset"):
+        minutes.plot_results([a, c], tmp_path / "m.png")

@@ -188,3 +188,31 @@ def test_head_in_raw_feature_space_gives_the_same_predictions():
     weight, bias = r["head"]
     assert weight.shape == (5, 32) and bias.shape == (5,)
     assert torch.equal((test_f @ weight.T + bias).argmax(1), r["predictions"])
+
+
+@pytest.mark.parametrize(
+    "val, edge",
+    [
+        ({"0.1": 0.5, "0.3": 0.6, "1.0": 0.7}, "largest"),
+        ({"0.1": 0.7, "0.3": 0.6, "1.0": 0.5}, "smallest"),
+        ({"0.1": 0.5, "0.3": 0.7, "1.0": 0.6}, None),
+        ({"0.1": 0.6, "0.3": 0.7, "1.0": 0.7}, None),  # ties go to the smaller lr: inside
+        ({"0.1": 0.7, "0.3": 0.7, "1.0": 0.7}, None),  # a flat grid says nothing about beyond
+    ],
+)
+def test_grid_edge_is_flagged_only_when_the_end_beats_its_neighbour(val, edge):
+    from idmm.eval.linear import _grid_edge
+
+    lrs = (1.0, 0.1, 0.3)  # any order
+    best = max(lrs, key=lambda lr: (val[str(lr)], -lr))
+    assert _grid_edge(lrs, best, val) == edge
+
+
+def test_probe_result_flags_a_grid_too_small_to_reach_the_optimum():
+    train_f, train_y, test_f, test_y = _split(*_blobs(80))
+    # 1e-5 leaves the head near its random init; 0.1 learns the blobs: the grid's top wins
+    r = linear_probe(train_f, train_y, test_f, test_y, num_classes=5, lrs=(1e-5, 0.1), epochs=30)
+    assert r["val_top1_by_lr"]["0.1"] > r["val_top1_by_lr"]["1e-05"] + 0.3
+    assert r["best_lr"] == 0.1 and r["best_lr_at_edge"] == "largest"
+    r = linear_probe(train_f, train_y, test_f, test_y, num_classes=5, epochs=30)
+    assert r["best_lr_at_edge"] is None  # the default grid holds these blobs' optimum inside

@@ -114,6 +114,10 @@ def linear(f: FrozenFeatures) -> dict:
     f.log.info(f"linear probe on {c.data.source}: {out['lr_chosen_on']} accuracy {grid}; lr "
                f"{out['best_lr']} -> test top-1 {out['top1'] * 100:.2f}% "
                f"({out['test_images']} images)")  # fmt: skip
+    if out["best_lr_at_edge"]:
+        f.log.warning(f"warning: the chosen lr {out['best_lr']} is the grid's "
+                      f"{out['best_lr_at_edge']} and beats its neighbour: a better lr may lie "
+                      "beyond the grid; widen it, e.g. linear.lrs=[0.1,0.3,1,3,10]")  # fmt: skip
     return result
 
 

@@ -118,6 +118,19 @@ def _check(train_f, train_y, test_f, test_y, num_classes, lrs, epochs, batch_siz
         raise ValueError("need epochs >= 1, batch_size >= 1 and 0 < val_fraction < 1")
 
 
+def _grid_edge(lrs: tuple[float, ...], best_lr: float, val: dict[str, float]) -> str | None:
+    """"largest"/"smallest" when the chosen lr ends the grid and beats its neighbour, so the
+    optimum may lie beyond it (a wider `linear.lrs` could probe better); None otherwise. A tie
+    with the neighbour (a flat grid) is no sign of a cut-off optimum."""
+    if len(lrs) < 2:
+        return None
+    grid = sorted(lrs)
+    for end, inner, name in ((grid[-1], grid[-2], "largest"), (grid[0], grid[1], "smallest")):
+        if best_lr == end and val[str(end)] > val[str(inner)]:
+            return name
+    return None
+
+
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device):
     """One intra-op thread on CPU, restored after. These matrices are too small to gain from
@@ -188,6 +201,7 @@ def linear_probe(
         "top1": float((pred == test_y).float().mean()),
         "top5": float((topk == test_y[:, None]).any(1).float().mean()),
         "best_lr": best_lr,
+        "best_lr_at_edge": _grid_edge(lrs, best_lr, val),
         "val_top1": val[str(best_lr)],
         "val_top1_by_lr": val,
         "lr_chosen_on": "val" if fit_f is train_f else f"{val_fraction:.0%} of train",
