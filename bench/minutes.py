@@ -9,8 +9,8 @@ Every entry of a budget is an `idmm compare ... budget=Nm` entry: the recipe's e
 split between its stages, the budget their length (idmm.engine.budget); the scratch ViT and the
 CNN get the same minutes for their one stage. Selection is on validation; test is evaluated once
 per run. Finished runs under --out are reused. `--from A.json B.json --plot P` draws one plot from
-earlier results of the same dataset (budgets run at different times, or with other seeds) and
-trains nothing; the entries drawn are those every budget has.
+earlier results of the same dataset (budgets or methods run at different times, or with other
+seeds) and trains nothing; the entries drawn are those every budget has.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from idmm.plots import save_figure  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plot(by_budget: dict[int, dict], path: Path, title: str) -> None:
+def plot(by_budget: dict[int, dict], path: Path, title: str) -> list[str]:
+    """Test top-1 against minutes for the entries every budget has; returns their names."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
@@ -43,7 +44,7 @@ def plot(by_budget: dict[int, dict], path: Path, title: str) -> None:
             s = summary[name]["finetune_top1"]
             xs.append(minutes)
             ys.append(100 * s["mean"])
-            err.append(100 * (s["mean"] - s["ci95"][0]) if s.get("ci95") else 0)  # 95% interval
+            err.append(100 * (s["mean"] - s["ci95"][0]) if s["ci95"] else 0)  # 95% interval
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=f"C{i}",
                     label=summary[name]["method"])  # fmt: skip
     ax.set(xlabel="budget (minutes of 2 CPU cores, whole run)", ylabel="test top-1 (%)",
@@ -51,10 +52,12 @@ def plot(by_budget: dict[int, dict], path: Path, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+    return names
 
 
-def plot_results(sources: list[Path], path: Path | None) -> None:
-    """One plot from earlier JSONs of one dataset; a budget in two of them is an error."""
+def plot_results(sources: list[Path], path: Path | None) -> list[str]:
+    """One plot from earlier JSONs of one dataset. Files may hold other entries of the same
+    budget (methods run at different times); an entry at a budget in two files is an error."""
     if path is None:
         sys.exit("--from draws a plot: give --plot PATH")
     by_budget, datasets = {}, set()
@@ -62,12 +65,15 @@ def plot_results(sources: list[Path], path: Path | None) -> None:
         result = json.loads(src.read_text())
         datasets.add(result["data"])
         for minutes, summary in result["budgets"].items():
-            if int(minutes) in by_budget:
-                sys.exit(f"{src}: the {minutes}-minute budget is already in another --from file")
-            by_budget[int(minutes)] = summary
+            merged = by_budget.setdefault(int(minutes), {})
+            twice = [name for name in summary if name in merged]
+            if twice:
+                sys.exit(f"{src}: {', '.join(twice)} at {minutes} minutes is already in another "
+                         "--from file")  # fmt: skip
+            merged.update(summary)
     if len(datasets) != 1:
         sys.exit(f"--from files must be of one dataset: got {', '.join(sorted(datasets))}")
-    plot(by_budget, path, f"{datasets.pop()}: test top-1 against minutes")
+    return plot(by_budget, path, f"{datasets.pop()}: test top-1 against minutes")
 
 
 def main() -> None:
@@ -88,7 +94,7 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
     p.add_argument("--from", dest="sources", nargs="+", type=Path, metavar="JSON",
-                   help="plot these earlier results (with --plot) instead of training")
+                   help="plot these earlier results (with --plot) instead of training")  # fmt: skip
     args = p.parse_args()
     if args.sources:
         plot_results(args.sources, args.plot)

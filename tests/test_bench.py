@@ -123,10 +123,14 @@ def test_minutes_plot_from_earlier_results_keeps_the_entries_every_budget_has(tm
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(result(5, ["idmm", "cnn", "dino"])))  # dino only at 5 minutes
     b.write_text(json.dumps(result(10, ["idmm", "cnn"])))
-    minutes.plot_results([a, b], tmp_path / "m.png")
+    assert minutes.plot_results([a, b], tmp_path / "m.png") == ["idmm", "cnn"]
     assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
-    with pytest.raises(SystemExit, match="already in another"):
-        minutes.plot_results([a, a], tmp_path / "m.png")
+    # more entries of a budget from a later file join that budget
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(result(10, ["dino"])))
+    assert minutes.plot_results([a, b, later], tmp_path / "m.png") == ["idmm", "cnn", "dino"]
+    with pytest.raises(SystemExit, match="idmm, cnn at 10 minutes is already in another"):
+        minutes.plot_results([a, b, b], tmp_path / "m.png")
     c = tmp_path / "c.json"
     c.write_text(json.dumps({**result(20, ["idmm"]), "data": "fmnist-2040"}))
     with pytest.raises(SystemExit, match="one dataset"):

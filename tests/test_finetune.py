@@ -193,3 +193,7 @@ def test_probe_head_starts_from_a_linear_probe(tmp_path):
     assert probed["top1"] > 0.15 and probed["top1"] > random["top1"] + 0.1  # chance: 0.1
     log = (tmp_path / "p" / "train.log").read_text()
     assert "head from a linear probe" in log
+    # a grid whose top wins (1e-6 leaves the head at its random init) is flagged in the log
+    edge = {**frozen, "finetune.head_init": "probe", "linear.lrs": [1e-6, 0.1]}
+    idmm.finetune(out=str(tmp_path / "e"), init=str(pre), **edge)
+    assert "is the grid's largest" in (tmp_path / "e" / "train.log").read_text()

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from idmm.eval.linear import DEFAULT_LRS, _ce_grad, linear_probe, stratified_split, train_heads
+from idmm.eval.linear import (
+    DEFAULT_LRS,
+    _ce_grad,
+    edge_warning,
+    linear_probe,
+    stratified_split,
+    train_heads,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -214,5 +221,7 @@ def test_probe_result_flags_a_grid_too_small_to_reach_the_optimum():
     r = linear_probe(train_f, train_y, test_f, test_y, num_classes=5, lrs=(1e-5, 0.1), epochs=30)
     assert r["val_top1_by_lr"]["0.1"] > r["val_top1_by_lr"]["1e-05"] + 0.3
     assert r["best_lr"] == 0.1 and r["best_lr_at_edge"] == "largest"
+    assert "lr 0.1 is the grid's largest" in edge_warning(r) and "widen" in edge_warning(r)
     r = linear_probe(train_f, train_y, test_f, test_y, num_classes=5, epochs=30)
     assert r["best_lr_at_edge"] is None  # the default grid holds these blobs' optimum inside
+    assert edge_warning(r) is None

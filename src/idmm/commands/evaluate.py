@@ -23,7 +23,7 @@ from ..data.sources import DataError
 from ..engine.log import setup_logging
 from ..eval.features import extract_features
 from ..eval.knn import headline_k, knn_top1
-from ..eval.linear import linear_probe
+from ..eval.linear import edge_warning, linear_probe
 from ..rundir import RunDir
 
 
@@ -114,10 +114,8 @@ def linear(f: FrozenFeatures) -> dict:
     f.log.info(f"linear probe on {c.data.source}: {out['lr_chosen_on']} accuracy {grid}; lr "
                f"{out['best_lr']} -> test top-1 {out['top1'] * 100:.2f}% "
                f"({out['test_images']} images)")  # fmt: skip
-    if out["best_lr_at_edge"]:
-        f.log.warning(f"warning: the chosen lr {out['best_lr']} is the grid's "
-                      f"{out['best_lr_at_edge']} and beats its neighbour: a better lr may lie "
-                      "beyond the grid; widen it, e.g. linear.lrs=[0.1,0.3,1,3,10]")  # fmt: skip
+    if edge_warning(out):
+        f.log.warning(edge_warning(out))
     return result
 
 

@@ -51,7 +51,7 @@ from ..engine.distributed import Runtime, barrier
 from ..engine.log import use_bar
 from ..engine.trainer import Trainer
 from ..eval.features import extract_features
-from ..eval.linear import linear_probe
+from ..eval.linear import edge_warning, linear_probe
 from ..rundir import RunDir
 
 # In `idmm finetune`, every fine-tuning key also works without its `finetune.` prefix
@@ -213,7 +213,7 @@ def stage2_config(cfg: FinetuneConfig, world_size: int) -> FinetuneConfig:
 
 
 @torch.no_grad()
-def probe_head(cfg: FinetuneConfig, model, data: Dataset, rt: Runtime) -> float:
+def probe_head(cfg: FinetuneConfig, model, data: Dataset, rt: Runtime) -> dict:
     """LP-FT (Kumar et al., ICLR 2022): start the new head at a linear probe of the loaded
     backbone's features, its lr chosen on the validation split. A random head's first, large
     gradients otherwise flow into the backbone and scramble the pre-trained features."""
@@ -238,7 +238,7 @@ def probe_head(cfg: FinetuneConfig, model, data: Dataset, rt: Runtime) -> float:
     weight, bias = out["head"]
     head.weight.copy_(weight)
     head.bias.copy_(bias)
-    return out["val_top1"]
+    return out
 
 
 class Monitor:
@@ -283,8 +283,10 @@ def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir,
         origin = f"from {weights} (new: {', '.join(fresh) or 'nothing'})"
         resuming = cfg.resume and run.checkpoint.is_file()
         if fresh and cfg.head_init == "probe" and not resuming:  # else overwritten
-            acc = probe_head(cfg, model, data, rt)
-            origin += f", head from a linear probe ({acc * 100:.1f}% on validation)"
+            probe = probe_head(cfg, model, data, rt)
+            origin += f", head from a linear probe ({probe['val_top1'] * 100:.1f}% on validation)"
+            if edge_warning(probe):
+                log.warning(edge_warning(probe))
     test = data.test
     log.info(
         f"fine-tune stage {stage}: {cfg.model} at {cfg.img_size}px {origin}; {len(train)} "

@@ -119,7 +119,7 @@ def _check(train_f, train_y, test_f, test_y, num_classes, lrs, epochs, batch_siz
 
 
 def _grid_edge(lrs: tuple[float, ...], best_lr: float, val: dict[str, float]) -> str | None:
-    """"largest"/"smallest" when the chosen lr ends the grid and beats its neighbour, so the
+    """'largest'/'smallest' when the chosen lr ends the grid and beats its neighbour, so the
     optimum may lie beyond it (a wider `linear.lrs` could probe better); None otherwise. A tie
     with the neighbour (a flat grid) is no sign of a cut-off optimum."""
     if len(lrs) < 2:
@@ -129,6 +129,16 @@ def _grid_edge(lrs: tuple[float, ...], best_lr: float, val: dict[str, float]) ->
         if best_lr == end and val[str(end)] > val[str(inner)]:
             return name
     return None
+
+
+def edge_warning(probe: dict) -> str | None:
+    """The log line for a probe whose chosen lr ends its grid (`best_lr_at_edge`), else None;
+    every caller of linear_probe that reports its lr logs it (eval linear, LP-FT's head)."""
+    if not probe["best_lr_at_edge"]:
+        return None
+    return (f"warning: the chosen lr {probe['best_lr']} is the grid's {probe['best_lr_at_edge']} "
+            "and beats its neighbour: a better lr may lie beyond the grid; widen it, e.g. "
+            "linear.lrs=[0.1,0.3,1,3,10]")  # fmt: skip
 
 
 @contextlib.contextmanager
