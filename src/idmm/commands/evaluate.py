@@ -114,8 +114,8 @@ def linear(f: FrozenFeatures) -> dict:
     f.log.info(f"linear probe on {c.data.source}: {out['lr_chosen_on']} accuracy {grid}; lr "
                f"{out['best_lr']} -> test top-1 {out['top1'] * 100:.2f}% "
                f"({out['test_images']} images)")  # fmt: skip
-    if edge_warning(out):
-        f.log.warning(edge_warning(out))
+    if warning := edge_warning(out):
+        f.log.warning(warning)
     return result
 
 

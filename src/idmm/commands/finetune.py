@@ -285,8 +285,8 @@ def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir,
         if fresh and cfg.head_init == "probe" and not resuming:  # else overwritten
             probe = probe_head(cfg, model, data, rt)
             origin += f", head from a linear probe ({probe['val_top1'] * 100:.1f}% on validation)"
-            if edge_warning(probe):
-                log.warning(edge_warning(probe))
+            if warning := edge_warning(probe):
+                log.warning(warning)
     test = data.test
     log.info(
         f"fine-tune stage {stage}: {cfg.model} at {cfg.img_size}px {origin}; {len(train)} "
