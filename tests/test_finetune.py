@@ -205,3 +205,35 @@ def test_probe_head_starts_from_a_linear_probe(tmp_path, monkeypatch):
     assert "head from a linear probe" in log
     assert len(checked) == 1 and "best_lr_at_edge" in checked[0]  # only the probed run
     assert "flagged by the test" in log
+
+
+def test_layer_decay_gives_lower_blocks_smaller_lrs():
+    """finetune.layer_decay=D: the head keeps the full lr, each block below it D times its upper
+    neighbour's; every parameter is trained once, with the weight decay of the default groups."""
+
+    def groups(**keys):
+        keys = {
+            "model": "vit_test",
+            "img_size": 28,
+            "data.mean": "0.3,0.3,0.3",
+            "data.std": "0.35,0.35,0.35",
+            **keys,
+        }
+        cfg = build_config(None, keys, schema=FinetuneConfig)
+        rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
+        method = build_method(cfg, rt, 16, 10, "supervised")
+        return method, method.param_groups(1e-3, 0.05)
+
+    method, decayed = groups(layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in decayed for p in g["params"]}
+    assert sorted(scale) == sorted(id(p) for p in method.backbone.parameters())
+    assert {g["weight_decay"] for g in decayed} == {0.05}
+    blocks = method.backbone.blocks
+    top, below = (scale[id(next(b.parameters()))] for b in (blocks[-1], blocks[-2]))
+    assert scale[id(method.backbone.head.weight)] == 1.0
+    assert below == pytest.approx(0.5 * top) and top < 1.0
+    assert scale[id(method.backbone.patch_embed.proj.weight)] < below
+    _, plain = groups()
+    assert [g["lr_scale"] for g in plain] == [1.0]
+    with pytest.raises(ConfigError, match="'layer_decay' must be in \\(0, 1\\]"):
+        groups(layer_decay=0)

@@ -254,6 +254,7 @@ def _problems(obj: Any) -> list[tuple[str, bool, str]]:
     need("batch_size", lambda v: v is None or v >= 1, "at least 1 (or auto)")
     need("warmup_epochs", lambda v: v >= 0, "0 or more")
     need("drop_path", lambda v: 0 <= v < 1, "in [0, 1)")
+    need("layer_decay", lambda v: 0 < v <= 1, "in (0, 1], e.g. 0.75 (1 = off)")
     need("ema", lambda v: v == 0 or 0.5 <= v < 1, "0 (off) or a decay in [0.5, 1), e.g. 0.999")
     need("threads", lambda v: v is None or v >= 1, "at least 1 (or none)")
     need("knn_every", lambda v: v >= 0, "0 (off) or more")

@@ -186,6 +186,9 @@ class FinetuneSettings(SupervisedConfig):
     warmup_epochs: float = 2.0  # linear lr warm-up, in epochs (fractions allowed)
     clip_grad: float | None = None  # total gradient-norm clip; None/0 = off
     drop_path: float = 0.1  # stochastic-depth rate of the backbone
+    # BEiT's and MAE's: block i of L at lr x layer_decay^(L - i), the head at the full lr, so
+    # fine-tuning moves the pre-trained lower blocks less
+    layer_decay: float = 1.0  # layer-wise lr decay, e.g. 0.75; 1 = off (the paper)
     ema: float = 0.0  # decay of a weight average (e.g. 0.999) evaluation and export use; 0 = off
     # "random" (the paper) or "probe": with init=, the new head starts as a linear probe of the
     # pre-trained features (LP-FT), so its first gradients do not scramble them

@@ -105,6 +105,10 @@ VARIANTS: dict[str, Variant] = {
     "idmm-ema": Variant(
         "idmm", "IDMM, weight EMA (0.999)", lambda cfg: {"ema": 0.999, "finetune.ema": 0.999}
     ),
+    # fine-tuning that moves the pre-trained lower blocks less than the top and the head
+    "idmm-llrd": Variant(
+        "idmm", "IDMM, layer-wise lr decay 0.75", lambda cfg: {"finetune.layer_decay": 0.75}
+    ),
     # speed: more epochs in the same minutes if compiling (~30 s per crop size) pays for itself
     "idmm-compile": Variant("idmm", "IDMM, torch.compile", lambda cfg: {"compile": True}),
 }
@@ -124,6 +128,7 @@ LEVERS = (
     "idmm-progressive",
     "idmm-ema",
     "idmm-compile",
+    "idmm-llrd",
 )
 
 # The paper's Table 8 (Flowers-102, DeiT-Tiny), the numbers `idmm ablate` prints beside ours.

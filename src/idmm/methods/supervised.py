@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.optim import param_groups_layer_decay
 
 from ..data.finetune_view import FinetuneView
 from ..data.mixing import cutmix, mixup
@@ -45,6 +46,15 @@ class Supervised(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def param_groups(self, lr, weight_decay):
+        decay = getattr(self.cfg, "layer_decay", 1.0)  # a fine-tuning key, not supervised.*
+        if decay == 1.0:
+            return super().param_groups(lr, weight_decay)
+        # timm's groups by depth (its group_matcher), with weight decay kept on every parameter
+        # as in the default groups, so that the lr schedule is the lever's only change
+        return param_groups_layer_decay(self.backbone, weight_decay, layer_decay=decay,
+                                        weight_decay_exclude_1d=False)  # fmt: skip
 
     def representation(self):
         # `idmm pretrain method=supervised`: the features before the classifier
