@@ -27,6 +27,14 @@ TINY = dict(data="fashion-mnist", subset_per_class=10, model="vit_test", batch_s
             **{"finetune.eval_every": 100})  # fmt: skip
 
 
+def _supervised(**keys):
+    """A fine-tuning method on vit_test at 28 px, 16 images of 10 classes, built from `keys`."""
+    keys = {"model": "vit_test", "img_size": 28, "data.mean": "0.3,0.3,0.3",
+            "data.std": "0.35,0.35,0.35", **keys}  # fmt: skip
+    cfg = build_config(None, keys, schema=FinetuneConfig)
+    return build_method(cfg, Runtime(0, 1, 0, torch.device("cpu"), "fp32"), 16, 10, "supervised")
+
+
 def _saved(model, path, size):
     models.save_backbone(model, path, {"model": "vit_test", "img_size": str(size)})
 
@@ -83,10 +91,7 @@ def test_mixup_on_even_epochs_cutmix_on_odd(monkeypatch, uint8_batch):
     monkeypatch.setattr(
         supervised, "cutmix", lambda *a, **k: calls.append("cutmix") or real_cutmix(*a, **k)
     )
-    cfg = build_config(None, {"model": "vit_test", "img_size": 28, "data.mean": "0.3,0.3,0.3",
-                              "data.std": "0.35,0.35,0.35"}, schema=FinetuneConfig)  # fmt: skip
-    rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
-    method = build_method(cfg, rt, 16, 10, "supervised")
+    method = _supervised()
     labels = torch.arange(16) % 10
     rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
     for epoch in range(4):
@@ -212,16 +217,7 @@ def test_layer_decay_gives_lower_blocks_smaller_lrs():
     neighbour's; every parameter is trained once, with the weight decay of the default groups."""
 
     def groups(**keys):
-        keys = {
-            "model": "vit_test",
-            "img_size": 28,
-            "data.mean": "0.3,0.3,0.3",
-            "data.std": "0.35,0.35,0.35",
-            **keys,
-        }
-        cfg = build_config(None, keys, schema=FinetuneConfig)
-        rt = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
-        method = build_method(cfg, rt, 16, 10, "supervised")
+        method = _supervised(**keys)
         return method, method.param_groups(1e-3, 0.05)
 
     method, decayed = groups(layer_decay=0.5)

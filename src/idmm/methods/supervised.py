@@ -48,12 +48,12 @@ class Supervised(Method):
         self.epoch = epoch
 
     def param_groups(self, lr, weight_decay):
-        decay = getattr(self.cfg, "layer_decay", 1.0)  # a fine-tuning key, not supervised.*
-        if decay == 1.0:
+        layer_decay = getattr(self.cfg, "layer_decay", 1.0)  # a fine-tuning key, not supervised.*
+        if layer_decay == 1.0:
             return super().param_groups(lr, weight_decay)
         # timm's groups by depth (its group_matcher), with weight decay kept on every parameter
         # as in the default groups, so that the lr schedule is the lever's only change
-        return param_groups_layer_decay(self.backbone, weight_decay, layer_decay=decay,
+        return param_groups_layer_decay(self.backbone, weight_decay, layer_decay=layer_decay,
                                         weight_decay_exclude_1d=False)  # fmt: skip
 
     def representation(self):
