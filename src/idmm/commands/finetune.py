@@ -295,6 +295,8 @@ def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir,
         f"{data.splits.test_from} ({len(test) if test is not None else 0} images)"
     )
     monitor = Monitor(cfg, method.evaluated_backbone(), data.val, rt)  # ema>0: the average
+    if budget is not None and test is not None:  # what its last stage keeps time for
+        budget.evaluated[name] = len(test)
     summary = Trainer(cfg, method, train, rt, run, log, [monitor], budget, name).fit()
     result = finish_stage(cfg, rt, monitor, summary, data, run, weights, log)
     barrier(rt)  # the next stage or command reads what rank 0 just wrote
