@@ -304,6 +304,7 @@ class Trainer:
         epochs = self.budget.plan(self.stage, self.epoch, epoch_s, self.data, self.rt)
         if self.rt.distributed:  # every process must run the same epochs: their mean, rounded
             epochs = int(round(all_reduce_mean(float(epochs), self.rt)))
+            self.budget.given[self.stage] = epochs  # what runs: the next plan starts from it
         if self.epoch > 1 and epochs == asked:
             return
         cfg.epochs = epochs
