@@ -10,7 +10,8 @@ split between its stages, the budget their length (idmm.engine.budget); the scra
 CNN get the same minutes for their one stage. Selection is on validation; test is evaluated once
 per run. Finished runs under --out are reused. `--from A.json B.json --plot P` draws one plot from
 earlier results of the same dataset (budgets or methods run at different times, or with other
-seeds) and trains nothing; the entries drawn are those every budget has.
+seeds) and trains nothing; the entries drawn are those every budget has, a later file's entry
+replacing an earlier one's at the same budget.
 """
 
 from __future__ import annotations
@@ -63,25 +64,32 @@ def plot(by_budget: dict[int, dict], path: Path, title: str) -> list[str]:
     return names
 
 
-def plot_results(sources: list[Path], path: Path | None) -> list[str]:
-    """One plot from earlier JSONs of one dataset. Files may hold other entries of the same
-    budget (methods run at different times); an entry at a budget in two files is an error."""
-    if path is None:
-        sys.exit("--from draws a plot: give --plot PATH")
+def merge_results(sources: list[Path]) -> tuple[dict[int, dict], str]:
+    """The entries of earlier JSONs of one dataset, by budget. Files may hold other entries of the
+    same budget (methods run at different times); an entry at a budget in two files is taken from
+    the later file (a rerun with more seeds or a fixed planner), and the replacement is printed."""
     by_budget, datasets = {}, set()
     for src in sources:
         result = json.loads(src.read_text())
         datasets.add(result["data"])
         for minutes, summary in result["budgets"].items():
             merged = by_budget.setdefault(int(minutes), {})
-            twice = [name for name in summary if name in merged]
-            if twice:
-                sys.exit(f"{src}: {', '.join(twice)} at {minutes} minutes is already in another "
-                         "--from file")  # fmt: skip
+            replaced = [name for name in summary if name in merged]
+            if replaced:
+                print(f"{src}: replaces {', '.join(replaced)} at {minutes} minutes from an "
+                      "earlier --from file", file=sys.stderr)  # fmt: skip
             merged.update(summary)
     if len(datasets) != 1:
         sys.exit(f"--from files must be of one dataset: got {', '.join(sorted(datasets))}")
-    return plot(by_budget, path, f"{datasets.pop()}: test top-1 against minutes")
+    return by_budget, datasets.pop()
+
+
+def plot_results(sources: list[Path], path: Path | None) -> list[str]:
+    """One plot from earlier JSONs of one dataset (`merge_results`)."""
+    if path is None:
+        sys.exit("--from draws a plot: give --plot PATH")
+    by_budget, data = merge_results(sources)
+    return plot(by_budget, path, f"{data}: test top-1 against minutes")
 
 
 def main() -> None:

@@ -112,7 +112,7 @@ def test_minutes_plot_draws_each_method_against_budgets(tmp_path):
     assert out == ["idmm", "cnn"]  # the names drawn, in order
 
 
-def test_minutes_plot_from_earlier_results_keeps_the_entries_every_budget_has(tmp_path):
+def test_minutes_plot_from_earlier_results_keeps_the_entries_every_budget_has(tmp_path, capsys):
     import minutes
 
     def result(minutes_, names):
@@ -129,8 +129,14 @@ def test_minutes_plot_from_earlier_results_keeps_the_entries_every_budget_has(tm
     later = tmp_path / "later.json"
     later.write_text(json.dumps(result(10, ["dino"])))
     assert minutes.plot_results([a, b, later], tmp_path / "m.png") == ["idmm", "cnn", "dino"]
-    with pytest.raises(SystemExit, match="idmm, cnn at 10 minutes is already in another"):
-        minutes.plot_results([a, b, b], tmp_path / "m.png")
+    # a later file's entry replaces an earlier one's at the same budget (a rerun), and says so
+    rerun = tmp_path / "rerun.json"
+    rerun.write_text(json.dumps(result(10, ["idmm"])).replace("0.8", "0.9"))
+    by_budget, data = minutes.merge_results([a, b, rerun])
+    assert data == "sklearn-digits" and sorted(by_budget[10]) == ["cnn", "idmm"]
+    assert by_budget[10]["idmm"]["finetune_top1"]["mean"] == 0.9
+    assert by_budget[10]["cnn"]["finetune_top1"]["mean"] == 0.8
+    assert "replaces idmm at 10 minutes" in capsys.readouterr().err
     c = tmp_path / "c.json"
     c.write_text(json.dumps({**result(20, ["idmm"]), "data": "fmnist-2040"}))
     with pytest.raises(SystemExit, match="one dataset"):
