@@ -141,3 +141,41 @@ def test_minutes_plot_from_earlier_results_keeps_the_entries_every_budget_has(tm
     c.write_text(json.dumps({**result(20, ["idmm"]), "data": "fmnist-2040"}))
     with pytest.raises(SystemExit, match="one dataset"):
         minutes.plot_results([a, c], tmp_path / "m.png")
+
+
+def test_minutes_pool_joins_seeds_run_at_other_times_and_pairs_them(tmp_path, capsys):
+    import minutes
+
+    def row(name, ft):
+        return {"method": name.upper(), "pretrain_epochs": 10, "finetune_epochs": 5,
+                "knn_top1": None, "linear_top1": None, "finetune_val_top1": ft,
+                "finetune_top1": ft, "minutes": 20.0}  # fmt: skip
+
+    # seeds 0 and 1 with their rows kept; seed 2 from an older file that kept only summaries
+    kept = {"0": {"idmm": row("idmm", 0.80), "cnn": row("cnn", 0.70)},
+            "1": {"idmm": row("idmm", 0.82), "cnn": row("cnn", 0.71)}}  # fmt: skip
+    a = {"data": "clipart", "machine": {}, "budgets": {"20": {}}, "per_seed": {"20": kept}}
+    b = {"data": "clipart", "machine": {}, "settings": {"seed": "2"}, "budgets": {"20": {
+        n: {"method": n.upper(), "seeds": 1, "epochs": "9 + 4", "knn_top1": None,
+            "linear_top1": None, "finetune_val_top1": {"values": [v]},
+            "finetune_top1": {"values": [v]}, "minutes": {"values": [19.0]}}
+        for n, v in (("idmm", 0.84), ("cnn", 0.72))}}}  # fmt: skip
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, result in zip(paths, (a, b)):
+        path.write_text(json.dumps(result))
+    by_budget, rows, data = minutes.pool_seeds(paths)
+    assert data == "clipart" and sorted(rows[20]) == [0, 1, 2]
+    idmm, cnn = by_budget[20]["idmm"], by_budget[20]["cnn"]
+    assert idmm["seed_list"] == [0, 1, 2] and idmm["finetune_top1"]["mean"] == pytest.approx(0.82)
+    diff = cnn["diff_vs_reference"]  # CNN - IDMM paired by seed: -0.10, -0.11, -0.12
+    assert diff["mean"] == pytest.approx(-0.11) and diff["n"] == 3 and diff["significant"]
+    # a rerun of one seed replaces that seed's row only, and says so
+    rerun = tmp_path / "rerun.json"
+    rerun.write_text(json.dumps({**a, "per_seed": {"20": {"1": {"idmm": row("idmm", 0.90)}}}}))
+    by_budget, _, _ = minutes.pool_seeds([*paths, rerun])
+    assert by_budget[20]["idmm"]["finetune_top1"]["values"] == pytest.approx([0.80, 0.90, 0.84])
+    assert "replaces idmm of seed 1 at 20 minutes" in capsys.readouterr().err
+    out = tmp_path / "pooled.json"
+    minutes.pooled_results(paths, out, tmp_path / "p.png")
+    assert json.loads(out.read_text())["budgets"]["20"]["cnn"]["seeds"] == 3
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
