@@ -179,3 +179,26 @@ def test_minutes_pool_joins_seeds_run_at_other_times_and_pairs_them(tmp_path, ca
     minutes.pooled_results(paths, out, tmp_path / "p.png")
     assert json.loads(out.read_text())["budgets"]["20"]["cnn"]["seeds"] == 3
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_finetune_levers_are_fine_tuning_settings_and_tabled_against_the_recipe():
+    import finetune_levers
+
+    from idmm import make_config
+    from idmm.config import finetune_config
+
+    recipe = str(finetune_levers.ROOT / "configs/cpu/fmnist2040.yaml")
+    base = finetune_config(make_config(recipe))
+    for name, lever in finetune_levers.LEVERS.items():
+        cfg = finetune_config(make_config(recipe, **lever))
+        keys = [k.removeprefix("finetune.") for k in lever]
+        # each lever changes what it names, as a fine-tuning setting
+        assert all(getattr(cfg, k) != getattr(base, k) for k in keys), name
+
+    def row(val, test):
+        return {"epochs": 30, "val_top1": val, "test_top1": test, "minutes": 1.5}
+
+    rows = {"recipe": row(0.80, 0.82), "lr x2": row(0.825, 0.83)}
+    text = finetune_levers.table(rows)
+    assert "| lr x2 | 30 | 82.50 | +2.50 | 83.00 | 1.5 |" in text
+    assert "| recipe | 30 | 80.00 |  | 82.00 | 1.5 |" in text

@@ -142,8 +142,7 @@ def summarise(per_seed: dict[int, dict[str, dict]], reference: str | None) -> di
     out = {}
     for name in names:
         rows = [r[name] for r in per_seed.values()]
-        s = {"method": rows[0]["method"], "seeds": len(rows),
-             "epochs": f"{rows[0]['pretrain_epochs']} + {rows[0]['finetune_epochs']}"}  # fmt: skip
+        s = {"method": rows[0]["method"], "seeds": len(rows), "epochs": epochs_of(rows)}
         for m in METRICS:
             values = [r[m] for r in rows if r[m] is not None]
             s[m] = stats.summary(values) if values else None
@@ -152,6 +151,19 @@ def summarise(per_seed: dict[int, dict[str, dict]], reference: str | None) -> di
             s["diff_vs_reference"] = stats.paired([r["finetune_top1"] for r in rows], ref)
         out[name] = s
     return out
+
+
+def epochs_of(rows: list[dict]) -> str:
+    """'60 + 30', or '119-130 + 72-78' where the seeds' runs differ (budget= plans each run's
+    epochs from its own pace)."""
+
+    def span(key: str) -> str:
+        values = [r[key] for r in rows]
+        if len(set(values)) == 1:
+            return str(values[0])
+        return f"{min(values)}-{max(values)}"
+
+    return f"{span('pretrain_epochs')} + {span('finetune_epochs')}"
 
 
 def comparison_table(summary: dict, reference: str = "idmm") -> str:
