@@ -5,12 +5,15 @@ minutes; selection on validation, test evaluated once per run and reported, not 
     python bench/finetune_levers.py --data fmnist-2040 --out runs/ftlevers/fmnist2040 \\
         --json bench/results/ftlevers_fmnist2040_cpu.json
     python bench/finetune_levers.py --data clipart --ft-set finetune.img_size=32 seed=2 \\
-        --init runs/minutes/clipart_seed2/20m/idmm/pretrain --out runs/ftlevers/clipart ...
+        data.split_seed=2 --init runs/minutes/clipart_seed2/20m/idmm/pretrain \\
+        --out runs/ftlevers/clipart --json bench/results/ftlevers_clipart_cpu.json
 
 Without --init it first pre-trains the recipe once (`idmm pretrain`, --set applies there) into
-out/pretrain. Why: IDMM's frozen features lead SimCLR's at 20 minutes (kNN +3.2 on FMNIST-2040)
-and its fine-tuned accuracy does not, so the gap opens in fine-tuning; each lever here changes
-only fine-tuning, and screening it from a shared backbone costs one fine-tuning, not a run.
+out/pretrain. With --init, give the settings the backbone's splits were drawn with (seed=,
+data.split_seed=): the run refuses others. Why: IDMM's frozen features lead SimCLR's at 20
+minutes (kNN +3.2 on FMNIST-2040) and its fine-tuned accuracy does not, so the gap opens in
+fine-tuning; each lever here changes only fine-tuning, and screening it from a shared backbone
+costs one fine-tuning, not a run.
 """
 
 from __future__ import annotations
