@@ -110,6 +110,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def write(path: Path | None, rows: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps({"threads": torch.get_num_threads(), "cases": rows}, indent=2) + "\n"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6, help="timed steps per model (median)")
@@ -124,18 +132,15 @@ def main() -> None:
     rows = {}
     for name, o in cases.items():
         rows[name] = bench_case(o, args.steps)
+        write(args.json, rows)  # after each case: a run cut short by a timeout keeps the rest
         if args.compile:
             rows[name + " compile"] = bench_case(o, args.steps, compile=True)
+            write(args.json, rows)
     print(f"{'case':36} {'img/s':>9} {'crops/s':>8} {'data %':>7} {'peak MB':>8}  precision")
     for name, r in rows.items():
         print(
             f"{name:36} {r['source_images_per_s']:9.1f} {r['crops_per_s']:8.1f} "
             f"{100 * r['data_fraction']:6.1f}% {r['peak_memory_mb']:8d}  {r['precision']}"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"threads": torch.get_num_threads(), "cases": rows}, indent=2) + "\n"
         )
 
 

@@ -276,6 +276,7 @@ def train_stage(cfg: FinetuneConfig, rt, stage: int, data: Dataset, run: RunDir,
         run.write_config(cfg)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, rt, len(train), len(train.classes), "supervised")
+    method.to(rt.device)  # now, not in the Trainer: the linear probe runs the backbone first
     model = method.backbone
     origin = "from scratch"
     if weights is not None:
