@@ -212,6 +212,38 @@ def test_probe_head_starts_from_a_linear_probe(tmp_path, monkeypatch):
     assert "flagged by the test" in log
 
 
+def test_probe_head_runs_after_the_model_is_on_the_run_device(tmp_path, monkeypatch):
+    """LP-FT runs the backbone before the Trainer does, so the model must be on the run's device
+    by then. It was not: on the first GPU every fine-tuning of a backbone failed with 'Input type
+    (CUDABFloat16Type) and weight type (torch.FloatTensor)'. The CPU cannot show the mismatch,
+    so the order of the two calls is what is tested."""
+    events = []
+    build, probe = finetune_command.build_method, finetune_command.probe_head
+
+    def recording_build(*args, **kwargs):
+        method = build(*args, **kwargs)
+        to = method.to
+
+        def recording_to(*a, **k):
+            events.append("to device")
+            return to(*a, **k)
+
+        method.to = recording_to
+        return method
+
+    def recording_probe(*args, **kwargs):
+        events.append("probe")
+        return probe(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_command, "build_method", recording_build)
+    monkeypatch.setattr(finetune_command, "probe_head", recording_probe)
+    pre = tmp_path / "pre"
+    idmm.pretrain(out=str(pre), **dict(TINY, epochs=1))
+    idmm.finetune(out=str(tmp_path / "p"), init=str(pre),
+                  **{**TINY, "epochs": 1, "finetune.head_init": "probe"})  # fmt: skip
+    assert "probe" in events and events.index("to device") < events.index("probe")
+
+
 def test_layer_decay_gives_lower_blocks_smaller_lrs():
     """finetune.layer_decay=D: the head keeps the full lr, each block below it D times its upper
     neighbour's; every parameter is trained once, with the weight decay of the default groups."""
