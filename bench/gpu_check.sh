@@ -2,8 +2,8 @@
 # One-shot GPU check for one CUDA machine with PyTorch, timm and torchvision installed and no
 # network (it installs nothing): IDMM pre-training throughput of deit_tiny_patch16_224 at 112 px
 # with 2 + 4 crops at batch 256 and 1024, with and without torch.compile, and a fine-tuning step at
-# 224 px, as one table (source images/s, crops/s, augmentation share, peak GPU memory). Under 5.5
-# minutes (3.2 without the batch-1024 rows, 2026-12-04).
+# 224 px, as one table (source images/s, crops/s, augmentation share, peak GPU memory). About 5.5
+# minutes, an estimate (3.2 measured without the batch-1024 rows, 2026-12-04).
 # Goal (issue 5): >= 40,000 source images/s on one H200.
 #
 # With FMNIST_DIR (a folder with Fashion-MNIST's four idx files, e.g. the Debian package's
